@@ -11,8 +11,7 @@ import numpy as np
 
 from zoo.errors import UsageError
 
-from export.embedding import INPUT_KINDS, POOLINGS
-from export.engines import ENGINES, PROVIDERS
+from export.options import ENGINES, INPUT_KINDS, POOLINGS, PROVIDERS
 
 
 def _parse_profile(text: str) -> tuple[int, int, int]:
@@ -237,7 +236,7 @@ def search_cmd(index_dir, images, k, as_json, threads):
     if is_onnx_file(source) and not Path(source).is_file():
         raise UsageError(f"the index's model {source} is gone; re-export it or rebuild the index")
     engine = open_engine(source, engine="onnx" if is_onnx_file(source) else "torch", layer=None if is_onnx_file(source)
-                         else model.get("layer"), pool=model.get("pool", "avg"),
+                         else model.get("layer"), pool=model.get("pool") if model.get("pool") in POOLINGS else "avg",
                          input_kind=model.get("input_kind", "uint8"), threads=threads)
     if model.get("weights_sha256") and engine.spec.weights_sha256 != model["weights_sha256"]:
         raise UsageError(f"the model at {source} has other weights than the one that built {index_dir}; rebuild the index")
@@ -251,6 +250,7 @@ def search_cmd(index_dir, images, k, as_json, threads):
         names.append(str(path))
     if not rows:
         raise UsageError("none of the query images could be read")
+
     scores, found = search(index, engine.embed(np.stack(rows)), k)
     for name, sc, fo in zip(names, scores, found):
         results.append({"query": name, "results": [{"id": ids[j], "score": float(s)} for s, j in zip(sc, fo) if j >= 0]})

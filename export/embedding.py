@@ -30,8 +30,8 @@ from zoo.errors import UsageError
 from zoo.preprocess import convert_and_normalise, resize_and_crop, to_float_rgb
 from zoo.registry import InputSpec
 
-POOLINGS = ("avg", "gem", "max")
-INPUT_KINDS = ("uint8", "float")
+from export.options import INPUT_KINDS, POOLINGS
+
 GEM_P = 3.0  # MultiGrain / cirtorch's usual generalised-mean exponent
 GEM_EPS = 1e-6
 
@@ -60,21 +60,21 @@ def pool_features(x: torch.Tensor, pool: str) -> torch.Tensor:
 
 
 def l2_normalise(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Rows to unit length. Written out rather than ``F.normalize``, whose exported graph (an
-    Expand of a dynamic shape) defeats ONNX Runtime's symbolic shape inference before quantisation."""
+    """Rows to unit length. Written out rather than ``F.normalize``, which exports with an extra
+    Expand of a dynamic shape; this exports as ReduceL2, Clip and Div."""
     return x / x.norm(p=2, dim=1, keepdim=True).clamp_min(eps)
 
 
 @dataclass(frozen=True)
 class EmbeddingSpec:
-    """What an exported embedding model computes; it travels as ONNX metadata (see ``export.onnx``)."""
+    """What an exported embedding model computes; it travels as ONNX metadata (see ``export.onnx_export``)."""
 
     model: str  # registry name
     source: str  # registry name or checkpoint folder it was built from
     weights: str  # "random-init" or "checkpoint"
     weights_sha256: str  # of the state dict actually exported
     layer: str
-    pool: str
+    pool: str  # avg | gem | max, or "none" for a fully connected layer (already a vector)
     input_kind: str
     input: InputSpec
     dim: int
@@ -110,7 +110,8 @@ class EmbeddingModel(nn.Module):
         if half:
             self.backbone.half()
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The chosen layer's output for a batch of images, before pooling."""
         if self.input_kind == "uint8":
             rgb = images.permute(0, 3, 1, 2).float() / 255.0
         else:
@@ -124,7 +125,10 @@ class EmbeddingModel(nn.Module):
             x = stage(x)
             if name == self.layer:
                 break
-        return l2_normalise(pool_features(x, self.pool).float())
+        return x
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return l2_normalise(pool_features(self.features(images), self.pool).float())
 
     def example_input(self, batch: int = 2) -> torch.Tensor:
         s = self.spec.size
@@ -175,10 +179,12 @@ def build_embedding_model(backbone: nn.Module, source: str, weights: str, layer:
     sha = state_dict_sha256(backbone)  # before any half() conversion: the weights as shipped
     model = EmbeddingModel(backbone, entry.input, layer, pool, input_kind, half=half).eval()
     with torch.no_grad():
-        dim = model(model.example_input(2)).shape[1]
+        feats = model.features(model.example_input(2))
+    pooled = feats.dim() == 4  # fully connected layers (fc6, fc7) are vectors already
+    dim = feats.shape[1]
     spec = EmbeddingSpec(model=entry.name, source=str(source), weights=weights, weights_sha256=sha,
-                         layer=layer, pool=pool, input_kind=input_kind, input=entry.input, dim=int(dim),
-                         precision="fp16" if half else "fp32")
+                         layer=layer, pool=pool if pooled else "none", input_kind=input_kind, input=entry.input,
+                         dim=int(dim), precision="fp16" if half else "fp32")
     return model, spec
 
 

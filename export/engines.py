@@ -23,13 +23,8 @@ import numpy as np
 from zoo.errors import UsageError
 
 from export.embedding import EmbeddingSpec
+from export.options import ENGINES, PROVIDERS
 
-ENGINES = ("torch", "onnx", "tensorrt")
-PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
 
 
 class Engine(Protocol):

@@ -63,6 +63,7 @@ def test_metadata_round_trips(exported):
     assert meta["layer"] == spec.layer and meta["pooling"] == spec.pool
     assert meta["sslzoo_version"] == zoo.__version__ and meta["weights_sha256"] == spec.weights_sha256
     assert meta["input"].startswith(spec.input_kind)
+    assert (spec.pool == "none") == spec.layer.startswith("fc")  # fc layers are not pooled
 
 
 def test_graph_embeds_the_reference_preprocessing():
