@@ -20,3 +20,19 @@ def run_zoo(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 @pytest.fixture
 def zoo_cli():
     return run_zoo
+
+
+@pytest.fixture(autouse=True)
+def isolated_hubs(tmp_path_factory, monkeypatch):
+    """No test reads or writes the user's local hub or Hugging Face cache, or reaches the network:
+    ZOO_HUB and HF_HUB_CACHE point at an empty folder and HF_HUB_OFFLINE=1 (for subprocesses through
+    the environment, in this process through huggingface_hub's constants, read at import)."""
+    root = tmp_path_factory.mktemp("hubs")
+    env = {"ZOO_HUB": str(root / "zoo-hub"), "HF_HUB_CACHE": str(root / "hf-cache"), "HF_HUB_OFFLINE": "1"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", env["HF_HUB_CACHE"])
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return root

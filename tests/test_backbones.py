@@ -27,10 +27,17 @@ EXPECTED_SHAPES = {
                       "layer3": (256, 14, 14), "layer4": (512, 7, 7)},
     "sela_resnet50": {"stem": (64, 112, 112), "layer1": (256, 56, 56), "layer2": (512, 28, 28),
                       "layer3": (1024, 14, 14), "layer4": (2048, 7, 7)},
+    # the official CIFAR-10 config has no pooling after block 3 (use_avg_on_conv3 = False)
     "rotnet_nin_cifar10": {"block1": (96, 32, 32), "block2": (192, 16, 16), "block3": (192, 8, 8),
-                           "block4": (192, 4, 4)},
-    "simclr_resnet_small_fmnist": {"stem": (32, 32, 32), "layer1": (32, 32, 32), "layer2": (64, 16, 16),
-                                   "layer3": (128, 8, 8), "layer4": (256, 4, 4)},
+                           "block4": (192, 8, 8)},
+    "deepercluster_vgg16": {"conv1": (64, 226, 226), "conv2": (128, 113, 113), "conv3": (256, 56, 56),
+                            "conv4": (512, 28, 28), "conv5": (512, 14, 14), "fc6": (4096,), "fc7": (4096,)},
+    "multigrain_resnet50": {"stem": (64, 112, 112), "layer1": (256, 56, 56), "layer2": (512, 28, 28),
+                            "layer3": (1024, 14, 14), "layer4": (2048, 7, 7), "gem": (2048,)},
+    "iic_net5g": {"stem": (64, 64, 64), "layer1": (64, 33, 33), "layer2": (128, 17, 17),
+                  "layer3": (256, 9, 9), "layer4": (512, 5, 5)},
+    "simclr_resnet_small_fmnist": {"stem": (16, 32, 32), "layer1": (16, 32, 32), "layer2": (32, 16, 16),
+                                   "layer3": (64, 8, 8), "layer4": (128, 4, 4)},
 }
 
 

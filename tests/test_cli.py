@@ -16,7 +16,7 @@ def test_list_json_lists_every_model():
 def test_info_prints_input_spec_and_layer_shapes():
     res = run_zoo("info", "rotnet_nin_fmnist")
     assert res.returncode == 0, res.stderr
-    assert "centre crop 32, grey" in res.stdout and "block4   192 x 4 x 4" in res.stdout
+    assert "centre crop 32, grey" in res.stdout and "block4   32 x 4 x 4" in res.stdout
     data = json.loads(run_zoo("info", "deepcluster_alexnet", "--json").stdout)
     assert data["layers"]["conv1"] == [96, 55, 55] and data["input"]["sobel_in_model"] is True
 
@@ -45,3 +45,4 @@ def test_quickstart_runs_on_shipped_photos(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "rotnet_nin_fmnist" in res.stdout and "summary" in res.stdout
     assert "ran on 4 real photos" in res.stdout
+    assert "from_pretrained and torch.hub.load give bit-identical features" in res.stdout

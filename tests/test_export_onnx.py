@@ -94,8 +94,8 @@ def test_uint8_decoding_is_within_one_grey_level_of_the_reference():
 
 @pytest.fixture(scope="module")
 def nin_fp32(tmp_path_factory):
-    backbone, weights = load_backbone("rotnet_nin_fmnist")
-    model, spec = build_embedding_model(backbone, "rotnet_nin_fmnist", weights)
+    backbone, weights = load_backbone("rotnet_nin_cifar10")
+    model, spec = build_embedding_model(backbone, "rotnet_nin_cifar10", weights)
     return model, spec, export_onnx(model, spec, tmp_path_factory.mktemp("nin") / "nin.onnx")
 
 

@@ -22,9 +22,9 @@ def test_list_models_by_method():
 def test_create_model_applies_overrides_and_records_its_config():
     model = create_model("rotnet_nin_fmnist", num_blocks=3)
     assert model.feature_layers == ("block1", "block2", "block3")
-    assert model.arch_kwargs == {"num_blocks": 3, "in_channels": 1}
+    assert model.arch_kwargs == {"num_blocks": 3, "in_channels": 1, "width": 32}
     assert model.entry.name == "rotnet_nin_fmnist"
-    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 192, 8, 8)
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 32, 8, 8)
 
 
 def test_unknown_model_suggests_close_names():

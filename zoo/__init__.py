@@ -16,13 +16,15 @@ __version__ = "0.1.0"
 
 
 def from_pretrained(id_or_path: str | Path, revision: str | None = None):
-    """Load a checkpoint folder strictly, with its weights verified against config.json's sha256."""
-    from zoo.checkpoint import load_checkpoint_folder
+    """Load a checkpoint strictly, its weights verified against config.json's sha256.
 
-    path = Path(id_or_path)
-    if path.is_dir():
-        return load_checkpoint_folder(path)
-    raise WeightsNotAvailableError(f"{id_or_path!r} is not a checkpoint folder")
+    ``id_or_path``: a checkpoint folder, a registry model name, or a Hub repo id ``ORG/NAME``
+    looked up in the local hub (``$ZOO_HUB``) and then on the Hugging Face Hub (its cache,
+    ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``, token). ``revision`` pins a branch, tag or commit.
+    """
+    from zoo.hub import from_pretrained as _from_pretrained
+
+    return _from_pretrained(id_or_path, revision)
 
 
 __all__ = [

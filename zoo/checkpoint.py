@@ -1,9 +1,10 @@
 """Checkpoint folders in the Hugging Face model-repo layout, saved and loaded strictly.
 
 A checkpoint is a folder with ``config.json`` (what to build and how to feed it, plus the sha256
-of the weights), ``model.safetensors`` (the state dict; no pickle anywhere) and, once a card is
-rendered, ``README.md``. Loading verifies the hash and loads strictly: a missing or unexpected key
-or a shape mismatch is an error that names the key, never a silent partial load.
+of the weights), ``model.safetensors`` (the state dict; no pickle anywhere) and ``README.md`` (the
+model card, ``zoo.cards``). Loading verifies the hash and loads strictly: a missing or unexpected
+key or a shape mismatch is an error that names the key, never a silent partial load. Where
+checkpoints are found and how they are published is ``zoo.hub``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from zoo.errors import UsageError, WeightsError, ZooError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
 FORMAT = "sslzoo-checkpoint/1"
 
 
@@ -78,19 +80,27 @@ def model_config(model: nn.Module, **extra: Any) -> dict[str, Any]:
 
 
 def save_pretrained(model: nn.Module, directory: str | Path, **extra_config: Any) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` (with the weights' sha256) into ``directory``.
+    """Write ``model.safetensors``, ``README.md`` (the model card) and ``config.json`` (with the
+    weights' sha256) into ``directory``.
 
     ``extra_config`` adds keys to config.json (e.g. ``training`` with the recipe and its results).
     The weights are written first and the config last, each atomically, so a folder whose config
-    exists always has the weights it describes.
+    exists always has the weights it describes. The card is rendered by ``zoo.cards`` from the
+    registry and ``MODEL_CARDS/results/<name>.json``; its results file is read (and checked)
+    before anything is written.
     """
     from safetensors.torch import save_file
+
+    from zoo.cards import load_results, render_card
 
     directory = Path(directory)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     config = model_config(model, **extra_config)
+    results = load_results(config["name"])
     atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
     config["weights"] = {"file": WEIGHTS_NAME, "sha256": sha256_file(directory / WEIGHTS_NAME)}
+    card = render_card(config["name"], results=results, checkpoint_config=config)
+    atomic_write_text(directory / CARD_NAME, str(card))
     atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return directory
 
@@ -105,9 +115,11 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         raise WeightsError(f"{path} is not valid JSON ({err}); re-download or re-save the checkpoint") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise WeightsError(f"{path} is not an sslzoo checkpoint config (expected format {FORMAT!r})")
-    for key in ("name", "arch", "arch_kwargs", "input", "weights"):
+    for key, kind in (("name", str), ("arch", str), ("arch_kwargs", dict), ("input", dict), ("weights", dict)):
         if key not in config:
             raise WeightsError(f"{path} lacks {key!r}; re-save the checkpoint with save_pretrained")
+        if not isinstance(config[key], kind):
+            raise WeightsError(f"{path}: {key!r} must be a {kind.__name__}, got {type(config[key]).__name__}")
     return config
 
 
@@ -130,8 +142,11 @@ def read_weights(path: str | Path, expected_sha256: str | None) -> dict[str, tor
         raise WeightsError(f"{path} is not a readable safetensors file ({err}); it may be truncated") from None
 
 
-def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict(strict=True)`` with one-line messages naming the first offending key."""
+def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str, assign: bool = False) -> None:
+    """``load_state_dict(strict=True)`` with one-line messages naming the first offending key.
+
+    ``assign=True`` puts the given tensors into the model instead of copying into its own (for a
+    model built on the meta device, which then owns no memory of its own)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -143,30 +158,47 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
     for k, v in state.items():
         if tuple(v.shape) != tuple(own[k].shape):
             raise WeightsError(f"{source}: key {k!r} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=assign)
 
 
 def load_checkpoint_folder(directory: str | Path) -> nn.Module:
     """Build the model a checkpoint folder describes and load its verified weights strictly."""
-    from zoo.registry import InputSpec, create_model, get_model_entry
+    from zoo.backbones import ARCHITECTURES
+    from zoo.registry import InputSpec, create_model, get_model_entry, list_models
 
     directory = Path(directory)
     config = read_config(directory)
+    source = directory / CONFIG_NAME
+    if config["arch"] not in ARCHITECTURES:
+        raise WeightsError(f"{source} names unknown architecture {config['arch']!r} (known: "
+                           f"{', '.join(sorted(ARCHITECTURES))}); it needs a newer sslzoo or is not an sslzoo checkpoint")
+    if config["name"] not in list_models():
+        raise WeightsError(f"{source} names model {config['name']!r}, which this sslzoo's registry does not have "
+                           f"(saved by sslzoo {config.get('sslzoo_version', '?')}); run `zoo list` for the known models")
     entry = get_model_entry(config["name"])
     if entry.arch != config["arch"]:
-        raise WeightsError(f"{directory / CONFIG_NAME} names architecture {config['arch']!r} but "
+        raise WeightsError(f"{source} names architecture {config['arch']!r} but "
                            f"model {entry.name!r} is a {entry.arch!r}")
     try:
         spec = InputSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["input"].items()})
     except (TypeError, ValueError) as err:
         raise WeightsError(f"{directory / CONFIG_NAME} has a bad input spec: {err}") from None
     weights = config["weights"]
-    state = read_weights(directory / weights.get("file", WEIGHTS_NAME), weights.get("sha256"))
+    weights_file = weights.get("file", WEIGHTS_NAME)
+    if not isinstance(weights_file, str) or Path(weights_file).name != weights_file or weights_file in ("", ".", ".."):
+        raise WeightsError(f"{source}: weights file must be a file name inside the folder, got {weights_file!r}")
+    state = read_weights(directory / weights_file, weights.get("sha256"))
     try:
-        model = create_model(entry.name, **config["arch_kwargs"])
+        # Built on the meta device: no random initialisation to compute and throw away, and no
+        # second copy of the weights; every tensor then comes from the file.
+        with torch.device("meta"):
+            model = create_model(entry.name, **config["arch_kwargs"])
     except ZooError as err:
         raise WeightsError(f"{directory / CONFIG_NAME}: {err}") from None
-    load_state_dict_strict(model, state, str(directory / weights.get("file", WEIGHTS_NAME)))
+    load_state_dict_strict(model, state, str(directory / weights_file), assign=True)
+    left = next((n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta), None)
+    if left is not None:  # a tensor outside the state dict: a bug in the architecture, never silent
+        raise WeightsError(f"{directory / weights_file}: {left!r} was not loaded")
     model.entry = dataclasses.replace(entry, input=spec)
     model.checkpoint_config = config
     return model.eval()

@@ -20,6 +20,9 @@ from zoo.errors import ZooError
 # name -> "module:attribute" of a click command, imported on first use.
 LAZY_COMMANDS: dict[str, str] = {
     "quickstart": "zoo.quickstart:quickstart",
+    "convert": "zoo.convert:convert_command",
+    "train": "training.cli:train",
+    "eval": "training.cli:eval_cmd",
     "export": "export.cli:export_cmd",
     "extract": "export.cli:extract_cmd",
     "index": "export.cli:index_group",
@@ -102,12 +105,68 @@ def info(name: str, as_json: bool):
     click.echo(f"  weights       {entry.weights.status} ({entry.weights.hub_repo}@{entry.weights.revision})")
     if entry.weights.origin:
         click.echo(f"  original      {entry.weights.origin}")
+    if entry.weights.original_url or entry.weights.original_file:
+        from zoo.convert.releases import RELEASES
+
+        how = f"`zoo convert {name} FILE -o DIR`" if name in RELEASES else "no converter yet"
+        click.echo(f"  release file  {entry.weights.original_file} "
+                   f"({entry.weights.original_url or 'not released by the authors'}); {how}")
     click.echo(f"  license       {entry.license}")
     click.echo("  layers")
     for layer, shape in shapes.items():
         click.echo(f"    {layer:<8} {' x '.join(map(str, shape))}")
     for r in entry.paper_results:
         click.echo(f"  paper         {r.dataset} {r.metric} {r.value} ({r.protocol}; {r.source})")
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=str))
+@click.option("--repo", required=True, help="Repo id ORG/NAME, e.g. sslzoo/rotnet-nin-fmnist.")
+@click.option("--local-hub", default=None, type=click.Path(file_okay=False), help="Local hub folder [default: $ZOO_HUB or ~/.cache/sslzoo/hub].")
+@click.option("--hf", is_flag=True, help="Upload to the Hugging Face Hub instead (token from `hf auth login` or HF_TOKEN).")
+@click.option("--revision", default="main", show_default=True, help="Branch to publish to.")
+@click.option("--private", is_flag=True, help="Create the Hub repo private (--hf only).")
+@click.option("--message", default=None, help="Commit message [default: names the model and its weights' sha256].")
+def publish(directory, repo, local_hub, hf, revision, private, message):
+    """Validate the checkpoint folder DIRECTORY, then publish it to the local hub or the Hub."""
+    from zoo.hub import publish as publish_checkpoint
+
+    done = publish_checkpoint(directory, repo, hf=hf, local_hub=local_hub, revision=revision, private=private,
+                              commit_message=message)
+    where = f"{done.destination} ({'commit' if hf else 'snapshot'} {done.version[:12]})"
+    click.echo(f"published {repo}@{done.revision} to {where}: {', '.join(done.files)}")
+    if done.url:
+        click.echo(done.url)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--all", "all_models", is_flag=True, help="Every registry model, plus the index MODEL_CARDS/README.md.")
+@click.option("--checkpoint", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Write the card into this checkpoint folder's README.md instead.")
+@click.option("--cards-dir", default=None, type=click.Path(file_okay=False), help="[default: the repository's MODEL_CARDS].")
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 if any generated card is out of date.")
+def card(name, all_models, checkpoint, cards_dir, check):
+    """Render the model card of NAME (or --all) from the registry and MODEL_CARDS/results."""
+    from zoo import cards
+    from zoo.errors import UsageError
+
+    if checkpoint:
+        path = cards.write_checkpoint_card(checkpoint, cards_dir=cards_dir)
+        click.echo(f"wrote {path}")
+        return
+    if check:
+        stale = cards.stale_files(cards_dir)
+        for file_name in stale:
+            click.echo(f"out of date: {file_name}", err=True)
+        if stale:
+            raise UsageError(f"{len(stale)} generated card file(s) are out of date; run `zoo card --all`")
+        click.echo("all cards are up to date")
+        return
+    if bool(name) == all_models:
+        raise UsageError("give a model NAME or --all")
+    changed = cards.write_cards(None if all_models else [name], cards_dir=cards_dir)
+    click.echo(f"{len(changed)} file(s) updated" + "".join(f"\n  {p}" for p in changed))
 
 
 def print_table(header, rows) -> None:

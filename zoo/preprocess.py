@@ -12,11 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from zoo.backbones.base import LUMA_BT601 as _LUMA
 from zoo.errors import UsageError
 from zoo.registry import InputSpec
 
-# ITU-R BT.601 luma, as PIL's "L" mode uses.
-_LUMA = (0.299, 0.587, 0.114)
 # sRGB (D65) -> XYZ, and the D65 white point; the CIE Lab definition.
 _RGB_TO_XYZ = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
 _D65_WHITE = (0.95047, 1.0, 1.08883)

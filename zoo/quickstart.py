@@ -20,6 +20,9 @@ import click
 # search) append themselves here as they land.
 STAGES: list[str] = [
     "zoo.quickstart:backbones_stage",
+    "training.quickstart:train_stage",
+    "training.quickstart:eval_stage",
+    "training.quickstart:publish_stage",
     "export.quickstart:export_stage",
     "export.quickstart:extract_stage",
     "export.quickstart:index_stage",
@@ -55,7 +58,14 @@ def backbones_stage(ctx: Context) -> list[SummaryRow]:
     photos = load_photos(limit=4)
     click.echo(f"[backbones] {len(photos)} shipped photos: {', '.join(photos)}")
     rows, start = [], time.perf_counter()
-    for name in list_models():
+    names = list_models()
+    if ctx.fast:  # tests: one 32x32 model per architecture; the ImageNet-size ones take seconds each
+        by_arch = {}
+        for n in names:
+            if get_model_entry(n).input.size <= 64:
+                by_arch.setdefault(get_model_entry(n).arch, n)
+        names = sorted(by_arch.values())
+    for name in names:
         entry = get_model_entry(name)
         model = create_model(name).eval()
         batch = preprocess(list(photos.values()), entry.input)

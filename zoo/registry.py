@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from torch import nn
 
 from zoo.backbones import ARCHITECTURES, build_architecture
-from zoo.errors import UnknownNameError, UsageError, WeightsNotAvailableError
+from zoo.errors import UnknownNameError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -73,12 +73,19 @@ class PaperResult:
 
 @dataclass(frozen=True)
 class Weights:
-    """Where the weights live. ``status`` stays "not yet published" until an upload is verified."""
+    """Where the weights live. ``status`` stays "not yet published" until an upload is verified.
+
+    For a converted release, ``origin`` is the authors' repository, ``original_url`` the download
+    link they gave and ``original_file`` the file `zoo convert` reads (inside the download when
+    that is an archive).
+    """
 
     hub_repo: str
     revision: str = "main"
     status: str = "not yet published"
     origin: str = ""  # the original authors' release (repository or file URL), if any
+    original_url: str = ""
+    original_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -132,19 +139,19 @@ def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Modul
 
     The returned backbone carries ``model.entry`` (its ``ModelEntry``) and ``model.arch_kwargs``
     (the arguments it was built with), which ``save_pretrained`` and the exporters read.
+    ``pretrained=True`` loads the entry's checkpoint (``weights.hub_repo`` at ``weights.revision``)
+    the way ``zoo.from_pretrained`` does: local hub first, then the Hugging Face Hub; ``kwargs``
+    may then only repeat the arguments the weights were saved with.
     """
     entry = get_model_entry(name)
+    if pretrained:
+        from zoo.hub import load_entry_weights
+
+        return load_entry_weights(name, **kwargs)
     arch_kwargs = {**entry.arch_kwargs, **kwargs}
     model = build_architecture(entry.arch, **arch_kwargs)
     model.entry = entry
     model.arch_kwargs = arch_kwargs
-    if pretrained:
-        if entry.weights.status != "published":
-            raise WeightsNotAvailableError(
-                f"{name!r} has no published weights yet (status: {entry.weights.status}); "
-                "use pretrained=False, or train/convert it first"
-            )
-        raise UsageError(f"loading published weights for {name!r} needs zoo.from_pretrained")
     return model
 
 
@@ -174,8 +181,17 @@ BYOL = Paper("Bootstrap Your Own Latent: A New Approach to Self-Supervised Learn
              "Grill et al.", "NeurIPS 2020", "https://arxiv.org/abs/2006.07733")
 MULTIGRAIN = Paper("MultiGrain: a unified image embedding for classes and instances",
                    "Berman, Jegou, Vedaldi, Kokkinos, Douze", "arXiv 2019", "https://arxiv.org/abs/1902.05509")
+CPC2 = Paper("Data-Efficient Image Recognition with Contrastive Predictive Coding",
+             "Henaff, Srinivas, De Fauw, Razavi, Doersch, Eslami, van den Oord", "ICML 2020",
+             "https://arxiv.org/abs/1905.09272")
+PROXYNCA = Paper("No Fuss Distance Metric Learning using Proxies",
+                 "Movshovitz-Attias, Toshev, Leung, Ioffe, Singh", "ICCV 2017", "https://arxiv.org/abs/1703.07464")
 DEEPERCLUSTER = Paper("Unsupervised Pre-Training of Image Features on Non-Curated Data",
                       "Caron, Bojanowski, Mairal, Joulin", "ICCV 2019", "https://arxiv.org/abs/1905.01278")
+IIC = Paper("Invariant Information Clustering for Unsupervised Image Classification and Segmentation",
+            "Ji, Henriques, Vedaldi", "ICCV 2019", "https://arxiv.org/abs/1807.06653")
+JIGSAW = Paper("Unsupervised Learning of Visual Representations by Solving Jigsaw Puzzles",
+               "Noroozi, Favaro", "ECCV 2016", "https://arxiv.org/abs/1603.09246")
 
 _LINEAR_IN1K = "ImageNet-1k linear probe top-1 (%)"
 
@@ -184,7 +200,8 @@ def _in1k(metric_value: float, protocol: str, source: str, metric: str = "top-1"
     return PaperResult("image-classification", "ImageNet-1k", metric, metric_value, protocol, source)
 
 
-_DATA_TAGS = {"ImageNet-1k": "in1k", "YFCC100M": "yfcc100m", "CIFAR-10": "cifar10", "Fashion-MNIST": "fmnist"}
+_DATA_TAGS = {"ImageNet-1k": "in1k", "YFCC100M": "yfcc100m", "CIFAR-10": "cifar10", "Fashion-MNIST": "fmnist",
+              "STL-10": "stl10"}
 
 
 def _hub_repo(name: str, data: str) -> str:
@@ -196,90 +213,181 @@ def _hub_repo(name: str, data: str) -> str:
 
 def _release(name: str, arch: str, method: str, paper: Paper, origin: str, license: str,
              description: str, input: InputSpec = _IN1K_224, data: str = "ImageNet-1k",
-             results: tuple[PaperResult, ...] = (), **arch_kwargs: Any) -> ModelEntry:
-    """An original authors' release, converted by `zoo convert` and published as sslzoo/<name>."""
+             results: tuple[PaperResult, ...] = (), url: str = "", file: str = "",
+             embedding_layer: str = "", **arch_kwargs: Any) -> ModelEntry:
+    """An original authors' release, converted by `zoo convert` and published as sslzoo/<name>.
+
+    ``url`` is the authors' download link and ``file`` the file in it that `zoo convert` reads.
+    """
     return register_model(ModelEntry(
         name=name, arch=arch, method=method, pretrain_data=data, input=input,
-        weights=Weights(hub_repo=_hub_repo(name, data), origin=origin),
+        weights=Weights(hub_repo=_hub_repo(name, data), origin=origin, original_url=url, original_file=file),
         paper=paper, license=license, description=description, arch_kwargs=arch_kwargs,
-        paper_results=results,
+        paper_results=results, embedding_layer=embedding_layer,
     ))
 
 
+_VISSL_ZOO = "https://dl.fbaipublicfiles.com/vissl/model_zoo"
+_SELA_ASSETS = "http://www.robots.ox.ac.uk/~vgg/research/self-label/asset"
+
+
 _release("rotnet_alexnet", "alexnet_rotnet", "rotnet", ROTNET,
-         "https://github.com/gidariss/FeatureLearningRotNet", "unknown",
+         "https://github.com/gidariss/FeatureLearningRotNet", "mit",
          "AlexNet trained to predict which of 4 rotations was applied to an ImageNet image.",
+         url="https://mega.nz/#!n81AnC6L!xTbo_D3xd7QOpOSG1UFSChmDr8mbcuWbVjhQMaC4yoE",
+         file="model_net_epoch50",
          results=(
              PaperResult("object-detection", "PASCAL VOC 2007", "mAP", 54.4, "Fast R-CNN fine-tuning",
                          "paper abstract"),
              _in1k(39.51, "VISSL linear probe, best layer", "VISSL model zoo"),
          ))
 _release("rotnet_nin_cifar10", "nin", "rotnet", ROTNET,
-         "https://github.com/gidariss/FeatureLearningRotNet", "unknown",
-         "RotNet's 4-block Network-in-Network trained on CIFAR-10 rotations.",
-         input=_CIFAR_ROTNET, data="CIFAR-10", num_blocks=4)
+         "https://github.com/gidariss/FeatureLearningRotNet", "mit",
+         "RotNet's 4-block Network-in-Network trained on CIFAR-10 rotations (the authors released no "
+         "CIFAR weights: this converts a model trained with their code and config).",
+         input=_CIFAR_ROTNET, data="CIFAR-10", file="model_net_epoch200", num_blocks=4, pool_after_block3=False)
 _release("deepcluster_alexnet", "alexnet_deepcluster", "deepcluster", DEEPCLUSTER,
          "https://github.com/facebookresearch/deepcluster", "cc-by-nc-4.0",
          "AlexNet with a fixed Sobel front end, trained on k-means pseudo-labels of its own features.",
          input=dataclasses.replace(_IN1K_224, sobel_in_model=True),
+         url="https://s3.amazonaws.com/deepcluster/alexnet/checkpoint.pth.tar", file="checkpoint.pth.tar",
          results=(_in1k(37.88, "VISSL linear probe, best layer", "VISSL model zoo"),))
 _release("deepcluster_vgg16", "vgg16_bn", "deepcluster", DEEPCLUSTER,
          "https://github.com/facebookresearch/deepcluster", "cc-by-nc-4.0",
          "VGG-16-BN with a fixed Sobel front end, trained with DeepCluster.",
-         input=dataclasses.replace(_IN1K_224, sobel_in_model=True), sobel=True)
+         input=dataclasses.replace(_IN1K_224, sobel_in_model=True),
+         url="https://s3.amazonaws.com/deepcluster/vgg16/checkpoint.pth.tar", file="checkpoint.pth.tar", sobel=True)
 _release("deepercluster_vgg16", "vgg16_bn", "deepercluster", DEEPERCLUSTER,
          "https://github.com/facebookresearch/DeeperCluster", "cc-by-nc-4.0",
          "VGG-16-BN with Sobel, trained on rotation x cluster targets of non-curated images.",
-         input=dataclasses.replace(_IN1K_224, sobel_in_model=True), data="YFCC100M", sobel=True)
+         input=dataclasses.replace(_IN1K_224, sobel_in_model=True), data="YFCC100M",
+         url="https://dl.fbaipublicfiles.com/deepcluster/ours/ours.pth", file="ours.pth",
+         sobel=True, input_padding=2, sobel_padding=0)
 _release("sela_alexnet", "alexnet_sela", "sela", SELA,
          "https://github.com/yukimasano/self-label", "mit",
          "AlexNet trained on Sinkhorn-Knopp equipartitioned pseudo-labels (10 heads).",
+         url=f"{_SELA_ASSETS}/pretrained.zip", file="alexnet-10x3k-wRot.pth",
          results=(_in1k(43.8, "linear probe, best layer (10k clusters)", "official repository README"),))
 _release("sela_resnet50", "resnet50", "sela", SELA,
          "https://github.com/yukimasano/self-label", "mit",
          "ResNet-50 trained with SeLa (10 heads of 3,000 clusters).",
+         url=f"{_SELA_ASSETS}/pretrained.zip", file="resnet-10x3k.pth",
          results=(_in1k(61.5, "linear probe on res5 (10x3k)", "official repository README"),), num_classes=None)
+_release("sela_resnet50_augpp", "resnet50", "sela", SELA,
+         "https://github.com/yukimasano/self-label", "mit",
+         "ResNet-50 trained with SeLa (10x3k heads) and SimCLR-style augmentations, 280 epochs (Aug++).",
+         url=f"{_SELA_ASSETS}/new_models/resnet50-10x3k_pp.pth", file="resnet50-10x3k_pp.pth",
+         results=(_in1k(68.8, "linear probe on res5 (10x3k, Aug++)", "official repository README"),),
+         num_classes=None)
 _release("npid_resnet50", "resnet50", "npid", NPID,
          "https://github.com/zhirongw/lemniscate.pytorch", "unknown",
          "ResNet-50 with a 128-d L2-normalised embedding trained by instance discrimination.",
+         url="http://zhirongw.westus2.cloudapp.azure.com/models/lemniscate_resnet50.pth.tar",
+         file="lemniscate_resnet50.pth.tar",
          results=(_in1k(46.8, "weighted kNN (k=200) on the 128-d embedding", "official repository README"),
                   _in1k(58.5, "linear probe (updated)", "official repository README")), num_classes=128)
 _release("npid_resnet18", "resnet18", "npid", NPID,
          "https://github.com/zhirongw/lemniscate.pytorch", "unknown",
-         "ResNet-18 with a 128-d L2-normalised embedding trained by instance discrimination.", num_classes=128)
+         "ResNet-18 with a 128-d L2-normalised embedding trained by instance discrimination.",
+         url="http://zhirongw.westus2.cloudapp.azure.com/models/lemniscate_resnet18.pth.tar",
+         file="lemniscate_resnet18.pth.tar",
+         results=(_in1k(41.0, "weighted kNN (k=200) on the 128-d embedding", "official repository README"),),
+         num_classes=128)
 _release("pirl_resnet50", "resnet50", "pirl", PIRL,
          "https://github.com/facebookresearch/vissl", "mit",
          "ResNet-50 trained with PIRL (jigsaw invariance, memory bank), VISSL's release.",
+         url=f"{_VISSL_ZOO}/pirl/r50_200ep/model_final_checkpoint_phase199.torch",
+         file="model_final_checkpoint_phase199.torch",
          results=(_in1k(62.9, "linear probe on res5, 200 epochs", "VISSL README"),), num_classes=None)
+_release("npid_pp_resnet50", "resnet50", "npid", PIRL,
+         "https://github.com/facebookresearch/vissl", "mit",
+         "ResNet-50 trained with NPID++ (PIRL paper's NPID: 32k negatives, 800 epochs), VISSL's release.",
+         url=f"{_VISSL_ZOO}/npid_pp/4node_800ep_32kneg_cosine_resnet_23_07_20.75432662/"
+             "model_final_checkpoint_phase799.torch",
+         file="model_final_checkpoint_phase799.torch",
+         results=(_in1k(56.68, "linear probe on res5", "VISSL MODEL_ZOO.md"),), num_classes=None)
+_release("jigsaw_resnet50", "resnet50", "jigsaw", JIGSAW,
+         "https://github.com/facebookresearch/vissl", "mit",
+         "ResNet-50 trained to solve jigsaw puzzles (100 permutations, 105 epochs), VISSL's release.",
+         url=f"{_VISSL_ZOO}/jigsaw_rn50_in1k_ep105_perm2k_jigsaw_8gpu_resnet_17_07_20.db174a43/"
+             "model_final_checkpoint_phase104.torch",
+         file="model_final_checkpoint_phase104.torch",
+         results=(_in1k(48.57, "linear probe on res5", "VISSL MODEL_ZOO.md"),), num_classes=None)
 _release("simclr_resnet50", "resnet50", "simclr", SIMCLR,
          "https://github.com/google-research/simclr", "apache-2.0",
          "ResNet-50 (1x) trained with SimCLR; takes [0, 1] RGB with no mean/std normalisation.",
          input=InputSpec(size=224, resize=256, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
+         url="https://storage.cloud.google.com/simclr-gcs/checkpoints/ResNet50_1x.zip", file="ResNet50_1x.zip",
          results=(_in1k(69.1, "linear probe (1x)", "official repository README"),), num_classes=None)
 _release("byol_resnet50", "resnet50", "byol", BYOL,
          "https://github.com/deepmind/deepmind-research/tree/master/byol", "apache-2.0",
          "ResNet-50 trained with BYOL (online/target networks, no negatives).",
+         url="https://storage.googleapis.com/deepmind-byol/checkpoints/pretrain_res50x1.pkl",
+         file="pretrain_res50x1.pkl",
          results=(_in1k(74.3, "linear probe", "paper abstract"),), num_classes=None)
-_release("multigrain_resnet50", "resnet50", "multigrain", MULTIGRAIN,
+_release("multigrain_resnet50", "resnet50_gem", "multigrain", MULTIGRAIN,
          "https://github.com/facebookresearch/multigrain", "cc-by-nc-4.0",
-         "ResNet-50 with GeM pooling trained for classification and instance retrieval jointly.",
+         "ResNet-50 with GeM pooling (p=3) trained for classification and instance retrieval jointly "
+         "(lambda=0.5, repeated augmentations); the embedding is the GeM-pooled vector, layer gem.",
+         url="https://dl.fbaipublicfiles.com/multigrain/multigrain_models/joint_3B_0.5.pth", file="joint_3B_0.5.pth",
+         embedding_layer="gem",
          results=(_in1k(79.3, "supervised classification (MultiGrain training)", "paper abstract"),))
+_release("iic_net5g", "iic_net5g", "iic", IIC,
+         "https://github.com/xu-ji/IIC", "mit",
+         "IIC's ClusterNet5g (ResNet-34 trunk) trained on STL-10 by invariant information clustering "
+         "(model 569: two heads, 70 and 10 clusters, 5 sub-heads each); Sobel gradients inside the model.",
+         input=InputSpec(size=64, resize=96, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), sobel_in_model=True),
+         data="STL-10", url="https://www.robots.ox.ac.uk/~xuji/models/models.tar.gz", file="best_net.pytorch")
 
 
 def _ours(name: str, arch: str, method: str, paper: Paper, description: str,
-          input: InputSpec = _FMNIST_32, data: str = "Fashion-MNIST", **arch_kwargs: Any) -> ModelEntry:
-    """A model trained by sslzoo's own small recipe (S3L: small resolution, network and data)."""
+          input: InputSpec = _FMNIST_32, data: str = "Fashion-MNIST", recipe: str = "small",
+          **arch_kwargs: Any) -> ModelEntry:
+    """A model trained by sslzoo's own recipe: ``small`` (S3L: small resolution, network and data),
+    or ``paper`` where the authors released no weights."""
     return register_model(ModelEntry(
         name=name, arch=arch, method=method, pretrain_data=data, input=input,
         weights=Weights(hub_repo=_hub_repo(name, data)),
         paper=paper, license="apache-2.0", description=description, arch_kwargs=arch_kwargs,
-        recipe="small",
+        recipe=recipe,
     ))
 
 
 _ours("rotnet_nin_fmnist", "nin", "rotnet", ROTNET,
-      "RotNet's NIN trained on Fashion-MNIST rotations by sslzoo's small recipe.",
-      num_blocks=4, in_channels=1)
+      "RotNet's 4-block NIN (width 32) trained on Fashion-MNIST rotations by sslzoo's small recipe.",
+      num_blocks=4, in_channels=1, width=32)
+# The small recipes share one laptop-scale ResNet: 4 stages of 16-128 channels, one block each.
+_SMALL_RESNET = dict(in_channels=1, widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1))
 _ours("simclr_resnet_small_fmnist", "resnet_small", "simclr", SIMCLR,
-      "A small 32x32 ResNet trained on Fashion-MNIST with SimCLR by sslzoo's small recipe.",
-      in_channels=1)
+      "A small 32x32 ResNet trained on Fashion-MNIST with SimCLR by sslzoo's small recipe.", **_SMALL_RESNET)
+_ours("npid_resnet_small_fmnist", "resnet_small", "npid", NPID,
+      "A small 32x32 ResNet trained on Fashion-MNIST by instance discrimination (NPID, sslzoo's small recipe).",
+      **_SMALL_RESNET)
+_ours("byol_resnet_small_fmnist", "resnet_small", "byol", BYOL,
+      "A small 32x32 ResNet trained on Fashion-MNIST with BYOL by sslzoo's small recipe.", **_SMALL_RESNET)
+_ours("multigrain_resnet_small_fmnist", "resnet_small", "multigrain", MULTIGRAIN,
+      "A small 32x32 ResNet trained on Fashion-MNIST classes and instances with MultiGrain's joint loss "
+      "(sslzoo's small recipe); use it with GeM pooling.", **_SMALL_RESNET)
+_ours("pirl_resnet_small_fmnist", "resnet_small", "pirl", PIRL,
+      "A small 32x32 ResNet trained on Fashion-MNIST with PIRL (jigsaw invariance, memory bank) by sslzoo's "
+      "small recipe.", **_SMALL_RESNET)
+_ours("proxynca_resnet_small_fmnist", "resnet_small", "proxynca", PROXYNCA,
+      "A small 32x32 ResNet trained on Fashion-MNIST classes with Proxy-NCA (one learned proxy per class) by "
+      "sslzoo's small recipe.", **_SMALL_RESNET)
+_ours("proxynca_resnet50", "resnet50", "proxynca", PROXYNCA,
+      "ResNet-50 trained for zero-shot retrieval on CUB-200-2011 with Proxy-NCA by sslzoo's paper recipe "
+      "(the authors released no weights).", input=_IN1K_224, data="CUB-200-2011", recipe="paper", num_classes=None)
+_ours("cpc_resnet_small_fmnist", "resnet_small", "cpc", CPC2,
+      "A small ResNet trained as CPC v2's patch encoder on 8-pixel patches of Fashion-MNIST by sslzoo's small "
+      "recipe.", **_SMALL_RESNET)
+_ours("cpc_resnet50", "resnet50", "cpc", CPC2,
+      "ResNet-50 trained as CPC v2's patch encoder on ImageNet by sslzoo's paper recipe (the authors' "
+      "ResNet-161 release is not converted).", input=_IN1K_224, data="ImageNet-1k", recipe="paper", num_classes=None)
+_ours("deepcluster_resnet_small_fmnist", "resnet_small", "deepcluster", DEEPCLUSTER,
+      "A small 32x32 ResNet trained on Fashion-MNIST with DeepCluster by sslzoo's small recipe.", **_SMALL_RESNET)
+_ours("sela_resnet_small_fmnist", "resnet_small", "sela", SELA,
+      "A small 32x32 ResNet trained on Fashion-MNIST with SeLa by sslzoo's small recipe.", **_SMALL_RESNET)
+_ours("iic_resnet_small_fmnist", "resnet_small", "iic", IIC,
+      "A small 32x32 ResNet trained on Fashion-MNIST with IIC by sslzoo's small recipe.", **_SMALL_RESNET)
+_ours("deepercluster_resnet_small_fmnist", "resnet_small", "deepercluster", DEEPERCLUSTER,
+      "A small 32x32 ResNet trained on Fashion-MNIST with DeeperCluster by sslzoo's small recipe.", **_SMALL_RESNET)

@@ -6,8 +6,9 @@ from typing import Callable
 
 from zoo.backbones.alexnet import DEEPCLUSTER_WIDTHS, ROTNET_WIDTHS, AlexNet
 from zoo.backbones.base import Backbone, Sobel
+from zoo.backbones.iic import IICNet5g
 from zoo.backbones.nin import NIN
-from zoo.backbones.resnet import ResNet, SmallResNet
+from zoo.backbones.resnet import GeMResNet, ResNet, SmallResNet
 from zoo.backbones.vgg import VGG16BN
 from zoo.errors import UnknownNameError, UsageError
 
@@ -32,8 +33,10 @@ ARCHITECTURES: dict[str, Callable[..., Backbone]] = {
     "vgg16_bn": VGG16BN,
     "resnet18": lambda **kw: ResNet(depth=18, **kw),
     "resnet50": lambda **kw: ResNet(depth=50, **kw),
+    "resnet50_gem": lambda **kw: GeMResNet(depth=50, **kw),
     "resnet_small": SmallResNet,
     "nin": NIN,
+    "iic_net5g": IICNet5g,
 }
 
 ARCHITECTURE_DOCS = {
@@ -43,8 +46,10 @@ ARCHITECTURE_DOCS = {
     "vgg16_bn": "VGG-16 with BN, torchvision keys, optional Sobel front end",
     "resnet18": "ResNet-18, torchvision keys",
     "resnet50": "ResNet-50, torchvision keys",
+    "resnet50_gem": "MultiGrain's ResNet-50: torchvision keys, GeM pooling (pool.p) as feature layer gem",
     "resnet_small": "CIFAR-style ResNet for 32x32 inputs (3x3 stem, no max-pool)",
     "nin": "RotNet's Network-in-Network for 32x32 inputs",
+    "iic_net5g": "IIC's ClusterNet5g: ResNet-34 for small images on Sobel gradients (in the model)",
 }
 
 
@@ -55,9 +60,9 @@ def build_architecture(arch: str, **kwargs) -> Backbone:
         raise UnknownNameError("architecture", arch, ARCHITECTURES) from None
     try:
         return builder(**kwargs)
-    except TypeError as err:  # an unexpected keyword argument
+    except (TypeError, ValueError) as err:  # an unexpected keyword argument, or a value out of range
         raise UsageError(f"bad arguments for architecture {arch!r}: {err}") from None
 
 
-__all__ = ["ARCHITECTURES", "ARCHITECTURE_DOCS", "AlexNet", "Backbone", "NIN", "ResNet", "Sobel",
-           "SmallResNet", "VGG16BN", "build_architecture"]
+__all__ = ["ARCHITECTURES", "ARCHITECTURE_DOCS", "AlexNet", "Backbone", "GeMResNet", "IICNet5g", "NIN", "ResNet",
+           "Sobel", "SmallResNet", "VGG16BN", "build_architecture"]

@@ -92,17 +92,24 @@ def conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1, padding: int
     )
 
 
+# ITU-R BT.601 luma weights, as PIL's "L" mode uses them.
+LUMA_BT601 = (0.299, 0.587, 0.114)
+
+
 class Sobel(nn.Sequential):
     """DeepCluster's fixed front end: grey = mean of RGB (1x1 conv), then Sobel x and y (3x3 conv).
 
     The parameters are frozen (``requires_grad=False``) but kept as parameters so that the keys
-    ``sobel.0.*`` and ``sobel.1.*`` of the released checkpoints load as they are.
+    ``sobel.0.*`` and ``sobel.1.*`` of the released checkpoints load as they are. ``padding`` is
+    the gradient convolution's (DeeperCluster pads the input instead and uses 0);
+    ``grey_weights`` mixes R, G, B into grey (IIC uses PIL's BT.601 luma, ``LUMA_BT601``).
     """
 
-    def __init__(self):
+    def __init__(self, padding: int = 1, grey_weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)):
         grey = nn.Conv2d(3, 1, kernel_size=1)
-        grad = nn.Conv2d(1, 2, kernel_size=3, padding=1)
+        grad = nn.Conv2d(1, 2, kernel_size=3, padding=padding)
         super().__init__(grey, grad)
+        self.grey_weights = tuple(grey_weights)
         self.reset_parameters()
         for p in self.parameters():
             p.requires_grad_(False)
@@ -110,7 +117,7 @@ class Sobel(nn.Sequential):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         grey, grad = self[0], self[1]
-        grey.weight.fill_(1.0 / 3.0)
+        grey.weight.copy_(torch.tensor(self.grey_weights).view(1, 3, 1, 1))
         grey.bias.zero_()
         # Cross-correlation kernels (PyTorch convs do not flip): x responds to left-minus-right.
         grad.weight[0, 0] = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])

@@ -14,6 +14,7 @@ from torch import nn
 from torchvision.models import resnet as tv_resnet
 
 from zoo.backbones.base import Backbone
+from zoo.pooling import GeM
 
 _DEPTHS = {
     18: (tv_resnet.BasicBlock, (2, 2, 2, 2)),
@@ -55,6 +56,26 @@ class ResNet(tv_resnet.ResNet, _StagedResNet):
             self.fc = nn.Identity()
 
     forward = _StagedResNet.forward
+
+
+class GeMResNet(ResNet):
+    """MultiGrain's network: a torchvision ResNet whose global pooling is GeM (``pool.p``).
+
+    The pooled vector is the feature layer ``gem`` (MultiGrain's embedding, before its L2
+    normalisation); ``fc`` is the ImageNet classifier trained jointly with it.
+    """
+
+    feature_layers = ("stem", "layer1", "layer2", "layer3", "layer4", "gem")
+
+    def __init__(self, depth: int = 50, num_classes: int | None = 1000, p: float = 3.0):
+        super().__init__(depth=depth, num_classes=num_classes)
+        self.pool = GeM(p)
+
+    def stages(self):
+        return [*super().stages(), ("gem", self.pool)]
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.forward(x))
 
 
 class SmallResNet(_StagedResNet):

@@ -1,6 +1,10 @@
 """VGG-16 with BatchNorm, keyed exactly like torchvision's ``vgg16_bn`` (``features.N``,
 ``classifier.0`` and ``classifier.3``), with DeepCluster's optional Sobel front end (``sobel.*``)
 and optional linear heads on fc7 (DeeperCluster and DeepCluster train such heads).
+
+DeeperCluster's network differs only in its front end: it zero-pads the input by 2 pixels and runs
+the Sobel gradients unpadded (``input_padding=2, sobel_padding=0``), so its conv1 maps are 2 pixels
+larger than DeepCluster's (226 at a 224 input) while pool5 is still 7x7.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ _STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 51
 class VGG16BN(Backbone):
     feature_layers = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 
-    def __init__(self, sobel: bool = False, heads: Sequence[int] = (), fc_dim: int = 4096):
+    def __init__(self, sobel: bool = False, heads: Sequence[int] = (), fc_dim: int = 4096,
+                 input_padding: int = 0, sobel_padding: int = 1):
         super().__init__()
-        self.sobel = Sobel() if sobel else None
+        self.sobel = Sobel(padding=sobel_padding) if sobel else None
+        self.input_padding = input_padding
         self.in_channels = 3
         layers: list[nn.Module] = []
         self._bounds: list[int] = []  # index in `features` just after each stage's last ReLU
@@ -45,6 +51,8 @@ class VGG16BN(Backbone):
             block = self.features[start:end]  # begins with the previous stage's max-pool
             if i == 1 and self.sobel is not None:
                 block = nn.Sequential(self.sobel, block)
+            if i == 1 and self.input_padding:
+                block = nn.Sequential(nn.ZeroPad2d(self.input_padding), block)
             result.append((f"conv{i}", block))
         pool5 = self.features[self._bounds[-1]]
         result.append(("fc6", lambda x: self.classifier[0:2](torch.flatten(pool5(x), 1))))

@@ -1,0 +1,83 @@
+"""The embedding methods through the real engine, a few steps each on Fashion-MNIST: what each
+method keeps besides its backbone (memory bank, EMA target) behaves as the paper says."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import zoo
+from training.engine import fit, load_training_state
+from training.methods import get_recipe, method_module
+
+
+def _tiny(method, **changes):
+    settings = {"limit": 64, "batch_size": 16, "epochs": 1, "checkpoint_every": 0, **changes}
+    recipe = get_recipe(method, "tiny").replace(**settings)
+    return method_module(method).METHOD, recipe
+
+
+@pytest.mark.parametrize("method", ["simclr", "npid", "byol", "pirl", "multigrain", "proxynca", "cpc"])
+def test_tiny_run_publishes_only_the_backbone(method, tmp_path):
+    cls, recipe = _tiny(method)
+    batch = {"multigrain": 12, "cpc": 8}.get(method, 16)  # multigrain: 12 images x 3 copies
+    result = fit(cls, recipe.replace(batch_size=batch, limit=4 * batch), tmp_path / method, progress=False)
+    assert result.steps == 4
+    records = [json.loads(r) for r in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records if "loss" in r)
+    model = zoo.from_pretrained(result.model_dir)
+    assert model.entry.name == recipe.model and model.entry.method == method
+    saved = set(model.state_dict())
+    assert saved == set(zoo.create_model(recipe.model).state_dict())  # no heads, banks or targets
+
+
+def test_npid_memory_bank_rows_move_and_stay_unit_norm(tmp_path):
+    cls, recipe = _tiny("npid")
+    fit(cls, recipe, tmp_path / "npid", progress=False)
+    state = load_training_state(tmp_path / "npid" / "checkpoints" / "step-00000004.pt")["method"]
+    bank = state["memory.vectors"]
+    assert bank.shape == (64, recipe.options.embedding_dim)
+    assert torch.allclose(bank.norm(dim=1), torch.ones(64), atol=1e-5)
+    assert float(state["memory.normaliser"]) > 0  # NCE's Z was estimated on the first batch
+    # a fresh method loads the checkpoint's bank although it starts with an empty one
+    method = cls(recipe)
+    method.load_state_dict(state)
+    assert torch.equal(method.memory.vectors, bank)
+
+
+def test_byol_target_is_the_moving_average_of_the_online_network(tmp_path):
+    cls, recipe = _tiny("byol", limit=32, checkpoint_every=1)  # two steps of 16
+    torch.manual_seed(recipe.seed)
+    start = cls(recipe).state_dict()  # fit builds the method from the same seed
+    key = "backbone.conv1.weight"
+    assert torch.equal(start["target_" + key], start[key])
+    fit(cls, recipe, tmp_path / "byol", progress=False)
+    after_one = load_training_state(tmp_path / "byol" / "checkpoints" / "step-00000001.pt")["method"]
+    assert not torch.equal(after_one[key], start[key])  # the online network was trained
+    decay = 1 - (1 - recipe.options.base_decay) * (math.cos(math.pi * 1 / 2) + 1) / 2  # step 1 of 2
+    expected = decay * start["target_" + key] + (1 - decay) * after_one[key]
+    assert torch.allclose(after_one["target_" + key], expected, atol=1e-6)
+
+
+def test_multigrain_sees_three_augmented_copies_and_picks_p_star(tmp_path):
+    cls, recipe = _tiny("multigrain", batch_size=12, limit=48)
+    method = cls(recipe)
+    copies = method.train_transform()(torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8))
+    assert len(copies) == 3 and not torch.equal(copies[0], copies[1])
+    result = fit(cls, recipe, tmp_path / "mg", progress=False)
+    assert result.metrics["p_star"] in recipe.options.p_candidates
+    config = json.loads((result.model_dir / "config.json").read_text())
+    assert config["training"]["metrics"]["p_star"] == result.metrics["p_star"]
+
+
+def test_pirl_transform_gives_an_image_and_nine_shuffled_patches():
+    cls, recipe = _tiny("pirl")
+    image, patches = cls(recipe).train_transform()(torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8))
+    assert image.shape == (1, 32, 32) and patches.shape == (9, 1, 8, 8)
+
+
+def test_cpc_transform_cuts_a_seven_by_seven_grid_of_patches():
+    cls, recipe = _tiny("cpc")
+    patches = cls(recipe).train_transform()(torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8))
+    assert patches.shape == (49, 1, 8, 8)

@@ -1,0 +1,155 @@
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, run_zoo
+from training.engine import load_training_state, state_digest
+
+# A tiny RotNet run: 192 images, 16 per step -> 12 steps per epoch, checkpoints after every step.
+TINY = ("train", "rotnet", "--recipe", "tiny", "--limit", "192", "--batch-size", "16", "--epochs", "2",
+        "--checkpoint-every", "1", "--no-progress")
+# One thread per process: identical arithmetic in every run, and no OpenMP stalls on a busy machine.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _weights(run):
+    return load_file(str(run / "model" / "model.safetensors"))
+
+
+def _records(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    res = run_zoo(*TINY, "--out", str(whole), env=ONE_THREAD)
+    assert res.returncode == 0, res.stderr
+
+    proc = subprocess.Popen([sys.executable, "-m", "zoo", *TINY, "--out", str(killed)], cwd=ROOT, env=ONE_THREAD,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((killed / "checkpoints").glob("step-0000000[3-9].pt")) and proc.poll() is None:
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (killed / "model").exists()
+
+    res = run_zoo(*TINY, "--out", str(killed), "--resume", env=ONE_THREAD)
+    assert res.returncode == 0, res.stderr
+    resumed_at = int(res.stdout.split("(epoch 0, step ")[1].split(")")[0])
+    assert 3 <= resumed_at < 12  # the kill landed in the middle of the first epoch
+
+    config = json.loads((killed / "model" / "config.json").read_text())
+    assert config["training"]["steps"] == 24 and config["training"]["epochs"] == 2
+    steps = [r["step"] for r in _records(killed) if "event" not in r]
+    assert steps == list(range(1, 25))  # records of the lost steps were dropped, none duplicated
+    a, b = _weights(whole), _weights(killed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    end_a = load_training_state(whole / "checkpoints" / "step-00000024.pt")
+    end_b = load_training_state(killed / "checkpoints" / "step-00000024.pt")
+    assert all(torch.equal(end_a["method"][k], end_b["method"][k]) for k in end_a["method"])  # head too
+    assert len(list((killed / "checkpoints").glob("step-*.pt"))) == 3  # keep-last-N
+
+
+def test_two_process_gloo_ddp_ends_with_identical_weights(tmp_path):
+    out = tmp_path / "ddp"
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "training", "train", "rotnet", "--recipe", "tiny", "--limit", "128", "--batch-size", "16",
+                          "--out", str(out), "--no-progress"], cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    end = [r for r in _records(out) if r.get("event") == "end"][0]
+    assert len(end["rank_digests"]) == 2 and end["rank_digests"][0] == end["rank_digests"][1]
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["training"]["world_size"] == 2 and config["training"]["steps"] == 8  # 128 / 16 per step
+    from training.methods.rotnet import RECIPES, RotNet
+
+    final = load_training_state(out / "checkpoints" / "step-00000008.pt")
+    method = RotNet(RECIPES["tiny"])
+    method.load_state_dict(final["method"])
+    assert state_digest(method) == end["rank_digests"][0]
+
+
+def _write_png(path, seed):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
+
+
+def test_unreadable_images_are_skipped_counted_and_reported(tmp_path):
+    from training.data import ImageFolder, SampleView, SkipCounter, iterate_batches
+
+    root = tmp_path / "folder"
+    for i, cls in enumerate(("a", "a", "b", "b")):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        _write_png(root / cls / f"{i}.png", i)
+    good = (root / "a" / "0.png").read_bytes()
+    (root / "b" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (root / "a" / "garbage.jpg").write_bytes(b"not an image at all")
+
+    counter = SkipCounter()
+    batches = list(iterate_batches(SampleView(ImageFolder(root), None), batch_size=4, counter=counter))
+    assert counter.skipped == 2
+    assert sorted(torch.cat([b["label"] for b in batches]).tolist()) == [0, 0, 1, 1]
+
+    res = run_zoo("train", "rotnet", "--recipe", "tiny", "--data", str(root), "--batch-size", "2",
+                  "--out", str(tmp_path / "run"), "--no-progress", env=ONE_THREAD)
+    assert res.returncode == 0, res.stderr
+    assert "skipped 2 unreadable image(s)" in res.stdout
+    assert json.loads((tmp_path / "run" / "model" / "config.json").read_text())["training"]["skipped_images"] == 2
+
+
+def test_paper_recipe_needs_its_data_and_says_so_in_one_line(tmp_path):
+    from training.methods.rotnet import RECIPES
+
+    from training.methods.rotnet import RotNet
+    from zoo.photos import load_photo
+
+    paper = RECIPES["paper"]
+    assert (paper.model, paper.epochs, paper.batch_size, paper.optimizer.lr, paper.schedule.milestones) == \
+        ("rotnet_alexnet", 50, 192, 0.01, (15, 30, 45))
+    assert [round(paper.schedule.factor(e, 50) * paper.optimizer.lr, 8) for e in (0, 14.9, 15, 30, 45, 49.9)] == \
+        [0.01, 0.01, 0.001, 0.0001, 0.00001, 0.00001]
+    method = RotNet(paper)  # ImageNet AlexNet: random-resized 224 crops of RGB photos, a 4-way head on fc7
+    assert method.head.in_features == 4096 and method.head.out_features == 4
+    crop = method.train_transform()(torch.from_numpy(load_photo("chelsea")).permute(2, 0, 1))
+    assert crop.shape == (3, 224, 224)
+    out = method({"x": torch.stack([crop, crop.flip(-1)])})
+    assert torch.isfinite(out["loss"]) and out["loss"].requires_grad
+    for extra, needle in (((), "pass --data PATH"), (("--data", str(tmp_path / "nope")), "does not exist")):
+        res = run_zoo("train", "rotnet", "--recipe", "paper", "--out", str(tmp_path / "p"), *extra)
+        assert res.returncode != 0 and needle in res.stderr
+        assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+
+
+def test_cifar_batches_load_and_pickled_code_is_refused(tmp_path):
+    from training.data import DataError, open_dataset
+
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 255, (3, 3072), dtype=np.uint8), b"labels": [1, 2, 3]}
+        (root / name).write_bytes(pickle.dumps(batch))
+    train = open_dataset(str(tmp_path), "train")
+    image, label = train[4]
+    assert len(train) == 15 and image.shape == (3, 32, 32) and image.dtype == torch.uint8 and label == 2
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    (root / "test_batch").write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}))
+    with pytest.raises(DataError, match="refusing to load"):
+        open_dataset(f"cifar:{root}", "test")

@@ -1,0 +1,103 @@
+"""``zoo train`` and ``zoo eval`` (registered in ``zoo/cli.py``'s LAZY_COMMANDS, loaded on use)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from zoo.errors import UsageError
+
+
+def _command_line() -> str:
+    """The command as a user would type it (``zoo ...``), for config.json and the model card."""
+    return "zoo " + shlex.join(sys.argv[1:])
+
+
+@click.command()
+@click.argument("method")
+@click.option("--recipe", default="small", show_default=True,
+              help="paper (published hyperparameters, for torchrun on GPUs), small (2 CPU cores, minutes) "
+                   "or tiny (seconds, for tests).")
+@click.option("--data", default=None, help="Training data: a Fashion-MNIST IDX folder, CIFAR python folder, "
+              "ImageFolder tree or one image file; or fmnist, photos, photo:NAME, image:PATH. Default: the recipe's.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folder (checkpoints, metrics.jsonl, model/). Default: runs/METHOD-RECIPE.")
+@click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in --out.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the recipe's epochs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per optimiser step (all ranks).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Train on a fixed random subset of N images.")
+@click.option("--accumulate", type=click.IntRange(min=1), default=None, help="Gradient accumulation steps.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None,
+              help="auto: bf16 (or fp16) autocast on CUDA, fp32 on CPU.")
+@click.option("--seed", type=int, default=None, help="Override the recipe's seed.")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Data-loading processes per rank.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=None,
+              help="Optimiser steps between mid-epoch checkpoints (0: only at epoch ends).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def train(method, recipe, data, out, resume, epochs, batch_size, limit, accumulate, precision, seed, workers,
+          checkpoint_every, no_progress):
+    """Train METHOD with a recipe and write a checkpoint folder (OUT/model) that zoo.from_pretrained loads.
+
+    Multi-process: torchrun --nproc-per-node N -m training train METHOD --recipe paper --data PATH
+    """
+    from training.engine import fit
+    from training.methods import get_recipe, method_module
+
+    module = method_module(method)
+    chosen = get_recipe(method, recipe).replace(
+        epochs=epochs, batch_size=batch_size, limit=limit, accumulate=accumulate, precision=precision, seed=seed,
+        workers=workers, checkpoint_every=checkpoint_every)
+    out = out or Path("runs") / f"{method}-{recipe}"
+    fit(module.METHOD, chosen, out, data=data, resume=resume, command=_command_line(), progress=not no_progress)
+
+
+@click.command("eval")
+@click.argument("model")
+@click.option("--protocol", type=click.Choice(["linear", "knn", "cluster", "retrieval"]), default="linear",
+              show_default=True)
+@click.option("--data", default=None, help="Labelled data with a train and a test split (default: Fashion-MNIST); "
+              "retrieval always uses the copy-detection set of the shipped photos.")
+@click.option("--layers", default=None, help="Comma-separated feature layers (default: all).")
+@click.option("--train-limit", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Fixed random subset of the train split (probe training / kNN memory).")
+@click.option("--test-limit", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Fixed random subset of the test split.")
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="Also evaluate a random-init model of the same architecture through the same code.")
+@click.option("--k", type=click.IntRange(min=1), default=200, show_default=True, help="kNN neighbours (NPID: 200).")
+@click.option("--temperature", type=float, default=0.07, show_default=True, help="kNN vote temperature (NPID: 0.07).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Linear-probe epochs (default 36).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the results JSON to this file.")
+@click.option("--record", is_flag=True, help="Merge the results into MODEL_CARDS/results/<model>.json.")
+@click.option("--cards", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Model-card folder --record writes into (default: MODEL_CARDS of this source tree).")
+def eval_cmd(model, protocol, data, layers, train_limit, test_limit, baseline, k, temperature, epochs, seed,
+             json_out, record, cards):
+    """Evaluate MODEL's frozen features, beside a random-init model of the same architecture.
+
+    MODEL: a checkpoint folder, a training run folder (its model/), a registry name or Hub repo id
+    (published weights), or random:NAME (random weights).
+    """
+    from training import evaluation
+
+    if record and model.startswith(evaluation.RANDOM_PREFIX):
+        raise UsageError(f"nothing to record: {model} has random weights; its numbers are recorded as the baseline "
+                         "beside a trained model's (record a checkpoint folder)")
+    layer_list = [s.strip() for s in layers.split(",") if s.strip()] if layers else None
+    report = evaluation.run_protocol(
+        model, protocol, data=data, layers=layer_list, train_limit=train_limit, test_limit=test_limit,
+        baseline=baseline, k=k, temperature=temperature, probe_epochs=epochs, seed=seed, command=_command_line())
+    evaluation.print_report(report)
+    if json_out is not None:
+        from zoo.checkpoint import atomic_write_text
+
+        atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
+    if record:
+        path = evaluation.record_results(report, cards)
+        click.echo(f"recorded in {path}")

@@ -1,0 +1,147 @@
+"""BYOL, bootstrap your own latent (Grill et al., NeurIPS 2020).
+
+An online network (encoder, projector, predictor) predicts the projection that a target network
+(encoder, projector) gives to another view of the same image. No negatives: the target is an
+exponential moving average of the online weights, with a decay that rises from 0.996 to 1 along a
+cosine, and gradients never flow into it. The loss is the normalised MSE, 2 - 2 cos, symmetrised
+over the two views.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.engine import FitContext, Method
+from training.methods.heads import feature_dim, mlp, pooled_features
+from training.methods.simclr import lars_parameter_groups
+from training.methods.views import ViewRecipe, Views
+from training.recipes import Optimizer, Recipe, Schedule
+from zoo.registry import create_model
+
+
+def normalized_mse_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``|| p/|p| - z/|z| ||^2 = 2 - 2 cos(p, z)`` per row, averaged; the target is not trained."""
+    p = F.normalize(prediction, dim=1)
+    z = F.normalize(target.detach(), dim=1)
+    return (2.0 - 2.0 * (p * z).sum(dim=1)).mean()
+
+
+def byol_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """Symmetric loss: view 1's prediction against view 2's target projection, and vice versa."""
+    return normalized_mse_loss(p1, z2) + normalized_mse_loss(p2, z1)
+
+
+def target_decay(step: int, total_steps: int, base: float = 0.996) -> float:
+    """BYOL's schedule: tau = 1 - (1 - base) * (cos(pi * step / total) + 1) / 2, from base to 1."""
+    progress = min(max(step / max(total_steps, 1), 0.0), 1.0)
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, decay: float) -> None:
+    """``target <- decay * target + (1 - decay) * online`` for every parameter.
+
+    Buffers (BatchNorm running statistics) are left alone: as in BYOL's code, the target keeps its
+    own, updated by its own forward passes.
+    """
+    for t, o in zip(target.parameters(), online.parameters(), strict=True):
+        t.mul_(decay).add_(o.detach(), alpha=1.0 - decay)
+
+
+@dataclass(frozen=True)
+class BYOLOptions:
+    hidden_dim: int = 4096              # projector and predictor: Linear-BN-ReLU-Linear
+    out_dim: int = 256
+    base_decay: float = 0.996           # tau_base of the target's moving average
+    # The two views are augmented differently: blur always on the first, rarely on the second;
+    # solarisation only on the second.
+    view1: ViewRecipe = field(default_factory=lambda: ViewRecipe(
+        crop_scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.2), jitter_p=0.8, grey_p=0.2, blur_p=1.0, solarize_p=0.0))
+    view2: ViewRecipe = field(default_factory=lambda: ViewRecipe(
+        crop_scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.2), jitter_p=0.8, grey_p=0.2, blur_p=0.1, solarize_p=0.2))
+    batched_views: bool = False         # augment whole batches in forward (see views.Views)
+
+
+class BYOL(Method):
+    name = "byol"
+
+    def __init__(self, recipe: Recipe):
+        super().__init__(recipe)
+        o = self.options = recipe.options or BYOLOptions()
+        self.backbone = create_model(recipe.model, **recipe.model_kwargs)
+        self.projector = mlp(feature_dim(self.backbone), o.hidden_dim, o.out_dim)
+        self.predictor = mlp(o.out_dim, o.hidden_dim, o.out_dim)
+        # The target starts as a copy of the online encoder and projector and is never trained.
+        self.target_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
+        self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
+        self.views = Views(self.backbone.entry.input, [o.view1, o.view2], o.batched_views)
+
+    def train_transform(self):
+        return self.views.transform()
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        view1, view2 = self.views(batch["x"])
+        both = torch.cat([view1, view2])
+        z = self.projector(pooled_features(self.backbone, both))
+        p1, p2 = self.predictor(z).float().chunk(2)
+        with torch.no_grad():
+            t1, t2 = self.target_projector(pooled_features(self.target_backbone, both)).float().chunk(2)
+        loss = byol_loss(p1, p2, t1, t2)
+        return {"loss": loss, "target_cos": 1.0 - loss.detach() / 4.0}  # mean cosine of the two terms
+
+    def parameter_groups(self):
+        return lars_parameter_groups(self)
+
+    def after_step(self, ctx: FitContext) -> None:
+        decay = target_decay(ctx.step, self.recipe.epochs * ctx.steps_per_epoch, self.options.base_decay)
+        ema_update(self.target_backbone, self.backbone, decay)
+        ema_update(self.target_projector, self.projector, decay)
+
+
+METHOD = BYOL
+
+_IMAGENET_HINT = ("ImageNet-1k as an ImageFolder tree: --data /path/to/imagenet (holding train/ and val/) "
+                  "or --data /path/to/imagenet/train")
+
+RECIPES = {
+    # Grill et al. 2020, Sec. 3.3 and Appendix B/C: batch 4096, LARS with lr 0.2 x batch/256 = 3.2,
+    # weight decay 1.5e-6, biases and BN excluded from LARS and decay, 10 warm-up epochs then
+    # cosine decay, 1000 epochs; projector and predictor 4096-256; tau_base 0.996 raised to 1 along
+    # a cosine; the asymmetric view pair (blur p 1.0 / 0.1, solarise p 0 / 0.2; colour jitter 0.4,
+    # 0.4, 0.2 with p 0.8, greyscale p 0.2). Not reproduced: hue jitter (0.1).
+    "paper": Recipe(
+        method="byol", name="paper", model="byol_resnet50", epochs=1000, batch_size=4096,
+        optimizer=Optimizer("lars", lr=3.2, momentum=0.9, weight_decay=1.5e-6),
+        schedule=Schedule("cosine", warmup_epochs=10), data=None, data_hint=_IMAGENET_HINT, workers=8,
+        checkpoint_every=1000, log_every=50, options=BYOLOptions(),
+        source="Grill et al. 2020 (arXiv 2006.07733) Sec. 3.3, Appendix B and C",
+    ),
+    # S3L scale: Fashion-MNIST 32x32 grey, the small ResNet, 10,000 images; grey images, so no
+    # saturation jitter or greyscale; a faster-moving target (tau_base 0.99) for a short run.
+    "small": Recipe(
+        method="byol", name="small", model="byol_resnet_small_fmnist", epochs=2, batch_size=128,
+        optimizer=Optimizer("sgd", lr=0.2, momentum=0.9, weight_decay=5e-4),
+        schedule=Schedule("cosine", warmup_epochs=0.1), data="fmnist", limit=10_000, precision="bf16",
+        checkpoint_every=20, log_every=5,
+        options=BYOLOptions(hidden_dim=512, out_dim=128, base_decay=0.99, batched_views=True,
+                            view1=ViewRecipe(crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.0), grey_p=0.0, blur_p=0.0),
+                            view2=ViewRecipe(crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.0), grey_p=0.0, blur_p=0.0,
+                                             solarize_p=0.2)),
+        source="Grill et al. 2020, scaled down",
+    ),
+    "tiny": Recipe(
+        method="byol", name="tiny", model="byol_resnet_small_fmnist", epochs=1, batch_size=32,
+        optimizer=Optimizer("sgd", lr=0.1, momentum=0.9, weight_decay=1e-4), data="fmnist", limit=256,
+        checkpoint_every=4, log_every=1,
+        options=BYOLOptions(hidden_dim=64, out_dim=32, base_decay=0.99,
+                            view1=ViewRecipe(crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.0), grey_p=0.0, blur_p=0.0),
+                            view2=ViewRecipe(crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.0), grey_p=0.0, blur_p=0.0,
+                                             solarize_p=0.2)),
+    ),
+}

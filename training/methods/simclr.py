@@ -1,0 +1,130 @@
+"""SimCLR: a simple framework for contrastive learning of visual representations.
+
+Chen, Kornblith, Norouzi, Hinton, ICML 2020 (https://arxiv.org/abs/2002.05709). Each image is
+augmented twice (random-resized crop and flip, strong colour distortion, Gaussian blur); the
+backbone's pooled feature h goes through a projection MLP g to z, and the NT-Xent loss asks each
+view to pick its partner out of the other 2N - 2 views of the batch, by cosine similarity over a
+temperature. Only the backbone is published; the projection head is a pretraining device. Under
+DDP the projections of all ranks are gathered, so the negatives come from the global batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from training.engine import Method
+from training.methods.heads import feature_dim, gather_with_grad, mlp, pooled_features
+from training.methods.views import ViewRecipe, Views
+from training.recipes import Optimizer, Recipe, Schedule
+from zoo.registry import create_model
+
+
+def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Normalised-temperature cross entropy over a batch of N pairs (2N anchors, mean loss).
+
+    ``z1[i]`` and ``z2[i]`` are the projections of two views of image i. Each of the 2N views is
+    an anchor: its positive is its partner, its negatives every other view of the batch, and the
+    similarity is cosine / temperature.
+    """
+    if z1.shape != z2.shape or z1.dim() != 2:
+        raise ValueError(f"nt_xent_loss needs two (N, D) tensors of one shape, got {tuple(z1.shape)} "
+                         f"and {tuple(z2.shape)}")
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    self_pair = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    logits = (z @ z.t() / temperature).masked_fill(self_pair, float("-inf"))  # never its own candidate
+    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(logits, partner)
+
+
+@dataclass(frozen=True)
+class SimCLROptions:
+    temperature: float = 0.1
+    hidden_dim: int = 2048              # projection MLP: h -> hidden -> out
+    out_dim: int = 128
+    view: ViewRecipe = field(default_factory=lambda: ViewRecipe(
+        crop_scale=(0.08, 1.0), jitter=(0.8, 0.8, 0.8), jitter_p=0.8, grey_p=0.2, blur_p=0.5))
+    batched_views: bool = False         # augment whole batches in forward (see views.Views)
+
+
+class SimCLR(Method):
+    name = "simclr"
+
+    def __init__(self, recipe: Recipe):
+        super().__init__(recipe)
+        self.options: SimCLROptions = recipe.options or SimCLROptions()
+        self.backbone = create_model(recipe.model, **recipe.model_kwargs)
+        self.projector = mlp(feature_dim(self.backbone), self.options.hidden_dim, self.options.out_dim)
+        self.views = Views(self.backbone.entry.input, [self.options.view] * 2, self.options.batched_views)
+
+    def train_transform(self):
+        return self.views.transform()
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        view1, view2 = self.views(batch["x"])
+        # One pass over both views, so BatchNorm normalises them with the same statistics.
+        z = self.projector(pooled_features(self.backbone, torch.cat([view1, view2]))).float()
+        z1, z2 = gather_with_grad(z[: len(view1)]), gather_with_grad(z[len(view1):])
+        loss = nt_xent_loss(z1, z2, self.options.temperature)
+        with torch.no_grad():  # how often a view's nearest other view is its partner
+            a, b = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+            hits = ((a @ b.t()).argmax(1) == torch.arange(len(a), device=a.device)).float().mean()
+        return {"loss": loss, "pair_acc": hits}
+
+    def parameter_groups(self):
+        return lars_parameter_groups(self)
+
+
+def lars_parameter_groups(method: Method) -> list[dict]:
+    """Biases and BatchNorm parameters get neither weight decay nor LARS's trust ratio (SimCLR,
+    BYOL); everything else gets both. Optimisers other than LARS ignore the ``lars`` flag."""
+    plain, excluded = [], []
+    for p in method.parameters():
+        if p.requires_grad:
+            (excluded if p.dim() <= 1 else plain).append(p)
+    return [{"params": plain}, {"params": excluded, "weight_decay": 0.0, "lars": False}]
+
+
+METHOD = SimCLR
+
+_IMAGENET_HINT = ("ImageNet-1k as an ImageFolder tree: --data /path/to/imagenet (holding train/ and val/) "
+                  "or --data /path/to/imagenet/train")
+
+RECIPES = {
+    # The paper (Sec. 2.3, B.1) and google-research/simclr: batch 4096, LARS with lr 0.3 x batch/256
+    # = 4.8, weight decay 1e-6, 10 warm-up epochs then cosine decay; the released ResNet-50 (1x)
+    # was trained for 1000 epochs; temperature 0.1 (the repository's ImageNet command); a 2-layer
+    # projection MLP 2048-2048-128; crops of 8-100 % of the area, colour distortion of strength 1
+    # (brightness, contrast, saturation 0.8 with p 0.8; greyscale p 0.2), blur with p 0.5.
+    # Not reproduced: the hue jitter (0.2) and global (cross-device) BatchNorm.
+    "paper": Recipe(
+        method="simclr", name="paper", model="simclr_resnet50", epochs=1000, batch_size=4096,
+        optimizer=Optimizer("lars", lr=4.8, momentum=0.9, weight_decay=1e-6),
+        schedule=Schedule("cosine", warmup_epochs=10), data=None, data_hint=_IMAGENET_HINT, workers=8,
+        checkpoint_every=1000, log_every=50, options=SimCLROptions(),
+        source="Chen et al. 2020 (arXiv 2002.05709) Sec. 2.3 and B.1; google-research/simclr README",
+    ),
+    # S3L scale: Fashion-MNIST at 32x32 grey, a 4-stage ResNet of widths 16-128 with one block per
+    # stage. Grey images: no saturation jitter, greyscale or blur; the CIFAR command of the
+    # official repository (no blur, weaker colour jitter, temperature 0.5) as the starting point.
+    "small": Recipe(
+        method="simclr", name="small", model="simclr_resnet_small_fmnist", epochs=8, batch_size=256,
+        optimizer=Optimizer("sgd", lr=0.3, momentum=0.9, weight_decay=5e-4),
+        schedule=Schedule("cosine", warmup_epochs=0.1), data="fmnist", limit=10_000, precision="bf16",
+        checkpoint_every=20, log_every=5,
+        options=SimCLROptions(temperature=0.5, hidden_dim=256, out_dim=64, batched_views=True, view=ViewRecipe(
+            crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.0), jitter_p=0.8, grey_p=0.0, blur_p=0.0)),
+        source="google-research/simclr CIFAR-10 command, scaled down",
+    ),
+    # Seconds: for tests.
+    "tiny": Recipe(
+        method="simclr", name="tiny", model="simclr_resnet_small_fmnist", epochs=1, batch_size=32,
+        optimizer=Optimizer("sgd", lr=0.1, momentum=0.9, weight_decay=1e-4), data="fmnist", limit=256,
+        checkpoint_every=4, log_every=1,
+        options=SimCLROptions(temperature=0.5, hidden_dim=64, out_dim=32, batched_views=True, view=ViewRecipe(
+            crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.0), grey_p=0.0, blur_p=0.0)),
+    ),
+}
