@@ -60,3 +60,23 @@ def test_view_recipe_is_reproducible():
     a, b = recipe(x, g(1)), recipe(x, g(1))
     assert a.shape == (4, 1, 32, 32) and torch.equal(a, b)
     assert not torch.equal(a, recipe(x, g(2)))
+
+
+def test_batched_views_match_the_model_input_and_differ():
+    from training.methods.views import Views
+    from zoo.registry import get_model_entry
+
+    spec = get_model_entry("simclr_resnet_small_fmnist").input  # 32x32 grey
+    views = Views(spec, [ViewRecipe(crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.0), grey_p=0.0, blur_p=0.0)] * 2,
+                  batched=True)
+    image = torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8)
+    canvas = views.transform()(image)
+    assert canvas.shape == (3, 32, 32) and 0 <= canvas.min() and canvas.max() <= 1
+    torch.manual_seed(0)
+    a, b = views(torch.stack([canvas, canvas]))
+    assert a.shape == b.shape == (2, 1, 32, 32)
+    assert not torch.equal(a, b) and not torch.equal(a[0], a[1])
+    # per-sample mode hands the loader's views through unchanged
+    per_sample = Views(spec, views.recipes, batched=False)
+    made = per_sample.transform()(image)
+    assert len(made) == 2 and made[0].shape == (1, 32, 32) and per_sample(made) == made

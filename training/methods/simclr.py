@@ -108,8 +108,8 @@ RECIPES = {
         source="Chen et al. 2020 (arXiv 2002.05709) Sec. 2.3 and B.1; google-research/simclr README",
     ),
     # S3L scale: Fashion-MNIST at 32x32 grey, a 4-stage ResNet of widths 16-128 with one block per
-    # stage. Grey images: no saturation jitter, greyscale or blur; the CIFAR command of the
-    # official repository (no blur, weaker colour jitter, temperature 0.5) as the starting point.
+    # stage, 10,000 images for 8 epochs. Grey images: no saturation jitter, greyscale or blur; the
+    # CIFAR command of the official repository (no blur, weaker colour jitter, temperature 0.5).
     "small": Recipe(
         method="simclr", name="small", model="simclr_resnet_small_fmnist", epochs=8, batch_size=256,
         optimizer=Optimizer("sgd", lr=0.3, momentum=0.9, weight_decay=5e-4),
