@@ -70,6 +70,11 @@ class Schedule:
         return warm
 
 
+# The data hint of every ImageNet-1k paper recipe (shown when such a recipe runs without --data).
+IMAGENET_HINT = ("ImageNet-1k as an ImageFolder tree: --data /path/to/imagenet (holding train/ and val/) "
+                 "or --data /path/to/imagenet/train")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything one training run depends on.

@@ -21,7 +21,7 @@ from training.engine import FitContext, Method
 from training.methods.heads import feature_dim, mlp, pooled_features
 from training.methods.simclr import lars_parameter_groups
 from training.methods.views import ViewRecipe, Views
-from training.recipes import Optimizer, Recipe, Schedule
+from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule
 from zoo.registry import create_model
 
 
@@ -106,9 +106,6 @@ class BYOL(Method):
 
 METHOD = BYOL
 
-_IMAGENET_HINT = ("ImageNet-1k as an ImageFolder tree: --data /path/to/imagenet (holding train/ and val/) "
-                  "or --data /path/to/imagenet/train")
-
 RECIPES = {
     # Grill et al. 2020, Sec. 3.3 and Appendix B/C: batch 4096, LARS with lr 0.2 x batch/256 = 3.2,
     # weight decay 1.5e-6, biases and BN excluded from LARS and decay, 10 warm-up epochs then
@@ -118,7 +115,7 @@ RECIPES = {
     "paper": Recipe(
         method="byol", name="paper", model="byol_resnet50", epochs=1000, batch_size=4096,
         optimizer=Optimizer("lars", lr=3.2, momentum=0.9, weight_decay=1.5e-6),
-        schedule=Schedule("cosine", warmup_epochs=10), data=None, data_hint=_IMAGENET_HINT, workers=8,
+        schedule=Schedule("cosine", warmup_epochs=10), data=None, data_hint=IMAGENET_HINT, workers=8,
         checkpoint_every=1000, log_every=50, options=BYOLOptions(),
         source="Grill et al. 2020 (arXiv 2006.07733) Sec. 3.3, Appendix B and C",
     ),

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from training.clustering import deepest_feature_dim, deepest_features, kmeans, pca_whiten_l2, uniform_cluster_indices
 from training.engine import FitContext, Method
 from training.evaluation import nmi
-from training.recipes import Optimizer, Recipe, Schedule
+from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule
 from training.transforms import eval_transform, resized_crop_flip, small_crop_flip
 from zoo.registry import create_model
 
@@ -132,9 +132,6 @@ class DeepCluster(Method):
 
 METHOD = DeepCluster
 
-_IMAGENET_HINT = ("ImageNet-1k as an ImageFolder tree: --data /path/to/imagenet (holding train/ and val/) "
-                  "or --data /path/to/imagenet/train")
-
 RECIPES = {
     # facebookresearch/deepcluster main.sh and the paper (section 4): AlexNet with Sobel, k = 10,000,
     # PCA 256 + whitening + L2, FAISS k-means with 20 iterations, re-clustering every epoch, SGD lr
@@ -143,7 +140,7 @@ RECIPES = {
     "paper": Recipe(
         method="deepcluster", name="paper", model="deepcluster_alexnet", epochs=500, batch_size=256,
         optimizer=Optimizer("sgd", lr=0.05, momentum=0.9, weight_decay=1e-5), schedule=Schedule("constant"),
-        data=None, data_hint=_IMAGENET_HINT, workers=12, seed=31, checkpoint_every=5000, keep_last=3, log_every=50,
+        data=None, data_hint=IMAGENET_HINT, workers=12, seed=31, checkpoint_every=5000, keep_last=3, log_every=50,
         options=DeepClusterOptions(),
         source="facebookresearch/deepcluster main.py / main.sh and the paper (arXiv 1807.05520, section 4)",
     ),

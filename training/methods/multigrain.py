@@ -23,7 +23,7 @@ from training.data import limit_dataset
 from training.engine import FitContext, Method
 from training.methods.heads import feature_dim
 from training.methods.views import ViewRecipe, Views
-from training.recipes import Optimizer, Recipe, Schedule
+from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule
 from training.transforms import eval_transform
 from zoo.pooling import GeM, gem
 from zoo.registry import create_model
@@ -193,9 +193,6 @@ class MultiGrain(Method):
 
 METHOD = MultiGrain
 
-_IMAGENET_HINT = ("ImageNet-1k as an ImageFolder tree: --data /path/to/imagenet (holding train/ and val/) "
-                  "or --data /path/to/imagenet/train")
-
 RECIPES = {
     # facebookresearch/multigrain README ("joint_3B_0.5") and scripts/train.py defaults: ResNet-50,
     # GeM p = 3, lambda = 0.5, repeated augmentation m = 3, batch 512 (here: 171 images x 3 copies =
@@ -208,7 +205,7 @@ RECIPES = {
     "paper": Recipe(
         method="multigrain", name="paper", model="multigrain_resnet50", epochs=120, batch_size=171,
         optimizer=Optimizer("sgd", lr=0.2, momentum=0.9, weight_decay=1e-4),
-        schedule=Schedule("step", milestones=(30, 60, 90), gamma=0.1), data=None, data_hint=_IMAGENET_HINT,
+        schedule=Schedule("step", milestones=(30, 60, 90), gamma=0.1), data=None, data_hint=IMAGENET_HINT,
         workers=8, checkpoint_every=1000, log_every=50, options=MultiGrainOptions(),
         source="facebookresearch/multigrain README and scripts/train.py; Berman et al. 2019 (arXiv 1902.05509)",
     ),

@@ -20,7 +20,7 @@ from torch import nn
 from training.engine import FitContext, Method
 from training.methods.heads import feature_dim, pooled_features
 from training.methods.views import ViewRecipe, Views
-from training.recipes import Optimizer, Recipe, Schedule
+from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule
 from zoo.registry import create_model
 
 
@@ -197,9 +197,6 @@ class NPID(Method):
 
 METHOD = NPID
 
-_IMAGENET_HINT = ("ImageNet-1k as an ImageFolder tree: --data /path/to/imagenet (holding train/ and val/) "
-                  "or --data /path/to/imagenet/train")
-
 RECIPES = {
     # zhirongw/lemniscate.pytorch main.py (the released ImageNet models): ResNet-50 with a 128-d
     # fc embedding, batch 256, SGD lr 0.03 momentum 0.9 weight decay 1e-4, 200 epochs with the lr
@@ -209,7 +206,7 @@ RECIPES = {
     "paper": Recipe(
         method="npid", name="paper", model="npid_resnet50", epochs=200, batch_size=256,
         optimizer=Optimizer("sgd", lr=0.03, momentum=0.9, weight_decay=1e-4),
-        schedule=Schedule("step", milestones=(120, 160), gamma=0.1), data=None, data_hint=_IMAGENET_HINT,
+        schedule=Schedule("step", milestones=(120, 160), gamma=0.1), data=None, data_hint=IMAGENET_HINT,
         workers=8, checkpoint_every=1000, log_every=50, options=NPIDOptions(),
         source="zhirongw/lemniscate.pytorch main.py defaults and README",
     ),

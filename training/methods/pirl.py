@@ -22,7 +22,7 @@ from training.methods.npid import (MemoryBank, fill_memory_bank, gather_from_ran
                                    nce_loss, nce_normaliser)
 from training.methods.views import (ViewRecipe, colour_jitter, random_greyscale, random_resized_crop,
                                     view_transform)
-from training.recipes import Optimizer, Recipe, Schedule
+from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule
 from training.transforms import to_rgb_float
 from zoo.preprocess import convert_and_normalise
 from zoo.registry import create_model
@@ -146,9 +146,6 @@ class PIRL(Method):
 
 METHOD = PIRL
 
-_IMAGENET_HINT = ("ImageNet-1k as an ImageFolder tree: --data /path/to/imagenet (holding train/ and val/) "
-                  "or --data /path/to/imagenet/train")
-
 RECIPES = {
     # VISSL configs/config/pretrain/pirl/pirl_jigsaw_4node_resnet50.yaml with epochs_200.yaml (the
     # release with 62.9 % linear top-1): ResNet-50, batch 32 x 32 GPUs = 1024, SGD momentum 0.9,
@@ -160,7 +157,7 @@ RECIPES = {
     "paper": Recipe(
         method="pirl", name="paper", model="pirl_resnet50", epochs=200, batch_size=1024,
         optimizer=Optimizer("sgd", lr=0.12, momentum=0.9, weight_decay=1e-4),
-        schedule=Schedule("cosine", final_fraction=0.001), data=None, data_hint=_IMAGENET_HINT, workers=8,
+        schedule=Schedule("cosine", final_fraction=0.001), data=None, data_hint=IMAGENET_HINT, workers=8,
         checkpoint_every=1000, log_every=50, options=PIRLOptions(),
         source="facebookresearch/vissl PIRL configs (pirl_jigsaw_4node_resnet50.yaml, epochs_200.yaml)",
     ),

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from training.data import DataError, limit_dataset, open_dataset
 from training.engine import FitContext, Method
-from training.recipes import Optimizer, Recipe, Schedule
+from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule
 from training.transforms import eval_transform, resized_crop_flip, rotate_batch, small_crop_flip
 from zoo.inspect import layer_shapes
 from zoo.registry import create_model
@@ -90,9 +90,6 @@ def _official_init(module: nn.Module) -> None:
 
 METHOD = RotNet
 
-_IMAGENET_HINT = ("ImageNet-1k as an ImageFolder tree: --data /path/to/imagenet (holding train/ and val/) "
-                  "or --data /path/to/imagenet/train")
-
 RECIPES = {
     # The official configuration that produced the released AlexNet (config/ImageNet_RotNet_AlexNet.py
     # in gidariss/FeatureLearningRotNet, model_net_epoch50): 192 images per batch, each in all 4
@@ -103,7 +100,7 @@ RECIPES = {
         method="rotnet", name="paper", model="rotnet_alexnet", epochs=50, batch_size=192,
         optimizer=Optimizer("sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True),
         schedule=Schedule("step", milestones=(15, 30, 45), gamma=0.1),
-        data=None, data_hint=_IMAGENET_HINT, workers=8, checkpoint_every=1000, keep_last=3, log_every=50,
+        data=None, data_hint=IMAGENET_HINT, workers=8, checkpoint_every=1000, keep_last=3, log_every=50,
         options=RotNetOptions(augment="resized-crop-flip"),
         source="gidariss/FeatureLearningRotNet config/ImageNet_RotNet_AlexNet.py (the released model's schedule)",
     ),

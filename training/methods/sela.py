@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from training.clustering import deepest_feature_dim, deepest_features
 from training.engine import FitContext, Method
 from training.evaluation import nmi
-from training.recipes import Optimizer, Recipe, Schedule
+from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule
 from training.transforms import eval_transform, normalise, random_hflip, small_crop_flip, to_rgb_float
 from zoo.registry import create_model
 
@@ -180,9 +180,6 @@ class SeLa(Method):
 
 METHOD = SeLa
 
-_IMAGENET_HINT = ("ImageNet-1k as an ImageFolder tree: --data /path/to/imagenet (holding train/ and val/) "
-                  "or --data /path/to/imagenet/train")
-
 # yukimasano/self-label main.py and scripts/alexnet.sh / resnet.sh: 10 heads of 3,000 clusters,
 # 400 epochs, batch 256, 100 label optimisations spread quadratically, lambda 25, SGD lr 0.05 with
 # momentum 0.9 and weight decay 1e-5, lr x0.1 at epochs 150 and 300 and 1e-3 x lr from 350 on,
@@ -191,7 +188,7 @@ _PAPER = dict(
     method="sela", name="paper", epochs=400, batch_size=256,
     optimizer=Optimizer("sgd", lr=0.05, momentum=0.9, weight_decay=1e-5),
     schedule=Schedule("step", milestones=(150, 300, 350), gamma=0.1),
-    data=None, data_hint=_IMAGENET_HINT, workers=24, seed=42, checkpoint_every=5000, keep_last=3, log_every=50,
+    data=None, data_hint=IMAGENET_HINT, workers=24, seed=42, checkpoint_every=5000, keep_last=3, log_every=50,
     options=SeLaOptions(), source="yukimasano/self-label main.py, scripts/alexnet.sh and scripts/resnet.sh",
 )
 

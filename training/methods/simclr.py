@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from training.engine import Method
 from training.methods.heads import feature_dim, gather_with_grad, mlp, pooled_features
 from training.methods.views import ViewRecipe, Views
-from training.recipes import Optimizer, Recipe, Schedule
+from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule
 from zoo.registry import create_model
 
 
@@ -90,9 +90,6 @@ def lars_parameter_groups(method: Method) -> list[dict]:
 
 METHOD = SimCLR
 
-_IMAGENET_HINT = ("ImageNet-1k as an ImageFolder tree: --data /path/to/imagenet (holding train/ and val/) "
-                  "or --data /path/to/imagenet/train")
-
 RECIPES = {
     # The paper (Sec. 2.3, B.1) and google-research/simclr: batch 4096, LARS with lr 0.3 x batch/256
     # = 4.8, weight decay 1e-6, 10 warm-up epochs then cosine decay; the released ResNet-50 (1x)
@@ -103,7 +100,7 @@ RECIPES = {
     "paper": Recipe(
         method="simclr", name="paper", model="simclr_resnet50", epochs=1000, batch_size=4096,
         optimizer=Optimizer("lars", lr=4.8, momentum=0.9, weight_decay=1e-6),
-        schedule=Schedule("cosine", warmup_epochs=10), data=None, data_hint=_IMAGENET_HINT, workers=8,
+        schedule=Schedule("cosine", warmup_epochs=10), data=None, data_hint=IMAGENET_HINT, workers=8,
         checkpoint_every=1000, log_every=50, options=SimCLROptions(),
         source="Chen et al. 2020 (arXiv 2002.05709) Sec. 2.3 and B.1; google-research/simclr README",
     ),
