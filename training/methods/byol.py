@@ -121,8 +121,10 @@ RECIPES = {
     ),
     # S3L scale: Fashion-MNIST 32x32 grey, the small ResNet, 10,000 images; grey images, so no
     # saturation jitter or greyscale; a faster-moving target (tau_base 0.99) for a short run.
+    # 6 epochs (234 steps) beat random init on kNN (71.5 vs 66.5) but not on the linear probe
+    # (87.0 vs 87.0 at the best layers): BYOL needs more steps than SimCLR, so 12 epochs.
     "small": Recipe(
-        method="byol", name="small", model="byol_resnet_small_fmnist", epochs=6, batch_size=256,
+        method="byol", name="small", model="byol_resnet_small_fmnist", epochs=12, batch_size=256,
         optimizer=Optimizer("sgd", lr=0.2, momentum=0.9, weight_decay=5e-4),
         schedule=Schedule("cosine", warmup_epochs=0.1), data="fmnist", limit=10_000, precision="bf16",
         checkpoint_every=20, log_every=5,

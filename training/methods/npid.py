@@ -210,14 +210,16 @@ RECIPES = {
         workers=8, checkpoint_every=1000, log_every=50, options=NPIDOptions(),
         source="zhirongw/lemniscate.pytorch main.py defaults and README",
     ),
-    # S3L scale: Fashion-MNIST 32x32 grey, the small ResNet, a 3,000-image subset seen 10 times
+    # S3L scale: Fashion-MNIST 32x32 grey, the small ResNet, a 10,000-image subset seen 10 times
     # (each bank entry needs several updates), small enough for the full softmax over the bank
     # (NPID's CIFAR script does the same with --nce-k 0); the bank starts from the untrained
     # network's embeddings instead of random vectors, which a run this short cannot wash out.
+    # 3,000 images x 10 epochs (230 steps, about a minute) beat random init on kNN (68.5 vs 66.5)
+    # but not on the linear probe (86.9 vs 87.0): too few steps, so 10,000 images (780 steps).
     "small": Recipe(
         method="npid", name="small", model="npid_resnet_small_fmnist", epochs=10, batch_size=128,
         optimizer=Optimizer("sgd", lr=0.03, momentum=0.9, weight_decay=5e-4),
-        schedule=Schedule("cosine", warmup_epochs=0.1), data="fmnist", limit=3_000, precision="bf16",
+        schedule=Schedule("cosine", warmup_epochs=0.1), data="fmnist", limit=10_000, precision="bf16",
         checkpoint_every=20, log_every=5,
         options=NPIDOptions(temperature=0.1, negatives=0, bank_init="features", batched_views=True, view=ViewRecipe(
             crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.0), jitter_p=1.0, grey_p=0.0, blur_p=0.0)),

@@ -161,13 +161,16 @@ RECIPES = {
         checkpoint_every=1000, log_every=50, options=PIRLOptions(),
         source="facebookresearch/vissl PIRL configs (pirl_jigsaw_4node_resnet50.yaml, epochs_200.yaml)",
     ),
-    # S3L scale: Fashion-MNIST 32x32 grey, the small ResNet, 3,000 images seen 10 times, full
+    # S3L scale: Fashion-MNIST 32x32 grey, the small ResNet, 10,000 images seen 10 times, full
     # softmax over the bank (started from the untrained network's embeddings, as NPID's small
-    # recipe); the patches (8 x 8 from 10-pixel cells) are cut from a 30-pixel crop.
+    # recipe); the patches (8 x 8 from 10-pixel cells) are cut from a 30-pixel crop. 10,000
+    # rather than 3,000 images (780 steps instead of 230), as for NPID: kNN 73.2 instead of 68.8
+    # and copy-detection mAP 51.0 instead of 44.0; the linear probe stayed within noise of random
+    # init either way (87.15 and 87.34 vs 87.02).
     "small": Recipe(
         method="pirl", name="small", model="pirl_resnet_small_fmnist", epochs=10, batch_size=128,
         optimizer=Optimizer("sgd", lr=0.03, momentum=0.9, weight_decay=5e-4),
-        schedule=Schedule("cosine", warmup_epochs=0.1), data="fmnist", limit=3_000, precision="bf16",
+        schedule=Schedule("cosine", warmup_epochs=0.1), data="fmnist", limit=10_000, precision="bf16",
         checkpoint_every=20, log_every=5,
         options=PIRLOptions(temperature=0.1, negatives=0, bank_init="features", patch_crop=30, view=ViewRecipe(
             crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.0), jitter_p=1.0, grey_p=0.0, blur_p=0.0)),

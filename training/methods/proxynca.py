@@ -94,12 +94,19 @@ RECIPES = {
     ),
     # S3L scale: Fashion-MNIST 32x32 grey with its 10 classes, the small ResNet, 10,000 images;
     # embeddings and proxies on a sphere of radius 3 (a sharper softmax than the unit sphere).
+    # Views: with crops and flips only, training on 10 classes pulled all images of a class
+    # together and the copy-detection mAP fell below random init (35.0 vs 37.4): the features
+    # were not invariant to the copies' changes of contrast, brightness, framing and sharpness.
+    # So the views add brightness/contrast jitter, wider crops (down to 20 % of the area) and blur,
+    # the distortions the copies are made of (zoo.retrieval). With these views 2 epochs (156
+    # steps) beat random init on kNN and mAP but not on the linear probe (86.9 vs 87.0), so 6.
     "small": Recipe(
-        method="proxynca", name="small", model="proxynca_resnet_small_fmnist", epochs=2, batch_size=128,
+        method="proxynca", name="small", model="proxynca_resnet_small_fmnist", epochs=6, batch_size=128,
         optimizer=Optimizer("adam", lr=1e-3, weight_decay=0.0), schedule=Schedule("cosine", warmup_epochs=0.1),
         data="fmnist", limit=10_000, precision="bf16", checkpoint_every=20, log_every=5,
         options=ProxyNCAOptions(num_classes=10, scale=3.0, proxy_lr_scale=10.0, batched_views=True,
-                                view=ViewRecipe(crop_scale=(0.3, 1.0), jitter_p=0.0, grey_p=0.0, blur_p=0.0)),
+                                view=ViewRecipe(crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.0), jitter_p=0.8,
+                                                grey_p=0.0, blur_p=0.5)),
         source="Movshovitz-Attias et al. 2017, scaled down",
     ),
     "tiny": Recipe(
