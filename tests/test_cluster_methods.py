@@ -99,3 +99,19 @@ def test_published_folder_is_the_backbone_alone(tmp_path):
     assert model.entry.name == "deepcluster_resnet_small_fmnist"
     assert not any(k.startswith("top_layer") for k in model.state_dict())
     assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 128, 4, 4)
+
+
+def test_sela_augment_grey_images_stay_grey_and_vary():
+    from training.methods.sela import sela_augment
+    from zoo.registry import create_model
+
+    spec = create_model("sela_resnet_small_fmnist").entry.input  # one grey channel, 32x32
+    augment = sela_augment(spec, crop_scale=(0.2, 1.0))
+    torch.manual_seed(0)
+    garment = torch.zeros(1, 28, 28, dtype=torch.uint8)
+    garment[:, 4:24, 8:20] = 200
+    views = torch.stack([augment(garment) for _ in range(8)])
+    assert views.shape == (8, 1, 32, 32)
+    assert (views - views[0]).abs().amax() > 0.1  # crops, flips and jitter differ between views
+    colour = augment(torch.randint(0, 256, (3, 28, 28), dtype=torch.uint8))  # the full "augs 3" path
+    assert colour.shape == (1, 32, 32) and torch.isfinite(colour).all()

@@ -215,7 +215,8 @@ RECIPES = {
     # 25 degrees half of the time, cropped to 16/20/24 pixels of the 28-pixel digits): Fashion-MNIST
     # at 32x32, crops of 20/24/28, flips (garments are mirror-symmetric), the clustering recipes'
     # small ResNet, 10,000 images, one copy per image (more steps for the same compute), both heads
-    # at every step, 10 epochs, Adam at 1e-3 for the short run.
+    # at every step, 10 epochs, Adam at 1e-3 for the short run. Milder crops of 24/28/32 clustered
+    # worse (seed 0: main head NMI 39.2 vs 44.0, Hungarian 36.6 vs 43.7 %; k-means NMI 43.6 vs 47.7).
     "small": Recipe(
         method="iic", name="small", model="iic_resnet_small_fmnist", epochs=10, batch_size=128,
         optimizer=Optimizer("adam", lr=1e-3), schedule=Schedule("constant"), data="fmnist", limit=10_000,
