@@ -27,23 +27,13 @@ import torch
 from torch import nn
 
 from zoo.errors import UsageError
+from zoo.pooling import gem
 from zoo.preprocess import convert_and_normalise, resize_and_crop, to_float_rgb
 from zoo.registry import InputSpec
 
 from export.options import INPUT_KINDS, POOLINGS
 
 GEM_P = 3.0  # MultiGrain / cirtorch's usual generalised-mean exponent
-GEM_EPS = 1e-6
-
-
-def gem_pool(x: torch.Tensor, p: float = GEM_P, eps: float = GEM_EPS) -> torch.Tensor:
-    """Generalised mean over H and W: (N, C, H, W) -> (N, C). p=1 is average, p->inf is max.
-
-    A mean over the spatial axes rather than ``avg_pool2d(., (H, W))``, so that the exported graph
-    keeps working with a dynamic batch (and any spatial size); it exports as one ReduceMean, where
-    ``adaptive_avg_pool2d(., 1).flatten(1)`` leaves an as_strided gather in the dynamo graph.
-    """
-    return x.clamp(min=eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
 
 
 def pool_features(x: torch.Tensor, pool: str) -> torch.Tensor:
@@ -55,7 +45,7 @@ def pool_features(x: torch.Tensor, pool: str) -> torch.Tensor:
     if pool == "max":
         return x.amax(dim=(2, 3))
     if pool == "gem":
-        return gem_pool(x)
+        return gem(x, GEM_P)
     raise UsageError(f"unknown pooling {pool!r}; choose one of {', '.join(POOLINGS)}")
 
 
