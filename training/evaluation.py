@@ -93,8 +93,13 @@ def random_init(name: str, arch_kwargs: dict[str, Any], seed: int = 0) -> nn.Mod
         return create_model(name, **arch_kwargs).eval()
 
 
+# Images whose statistics a random-init baseline's BatchNorm layers are re-estimated on.
+BN_CALIBRATION_IMAGES = 2_000
+
+
 @torch.no_grad()
-def calibrate_batchnorm(model: nn.Module, dataset, images: int = 2_000, batch_size: int = 250) -> nn.Module:
+def calibrate_batchnorm(model: nn.Module, dataset, images: int = BN_CALIBRATION_IMAGES,
+                        batch_size: int = 250) -> nn.Module:
     """Re-estimate BN running statistics on ``images`` images (a cumulative average over batches).
 
     A random-init network's BN layers hold mean 0 and variance 1, so in eval mode they pass the
@@ -412,8 +417,8 @@ def run_protocol(model_or_dir: str | Path, protocol: str, data: str | None = Non
         base = calibrate_batchnorm(random_init(loaded.name, arch_kwargs, seed), train_set or test_set)
         base_per_layer = evaluate_layers(base, protocol, train_set, test_set, layers, tag="random-init", **kw)
     train_desc = describe(train_set) if train_set is not None else ""
-    calibration = (f"{min(2_000, len(train_set)):,} training images" if train_set is not None
-                   else f"{min(2_000, len(test_set)):,} of the evaluated images, labels unused")
+    calibration = (f"{min(BN_CALIBRATION_IMAGES, len(train_set)):,} training images" if train_set is not None
+                   else f"{min(BN_CALIBRATION_IMAGES, len(test_set)):,} of the evaluated images, labels unused")
     test_desc = describe(test_set)
     metrics = []
     for key, metric, task in _METRICS[protocol]:

@@ -62,8 +62,9 @@ def backbones_stage(ctx: Context) -> list[SummaryRow]:
     if ctx.fast:  # tests: one 32x32 model per architecture; the ImageNet-size ones take seconds each
         by_arch = {}
         for n in names:
-            if get_model_entry(n).input.size <= 64:
-                by_arch.setdefault(get_model_entry(n).arch, n)
+            entry = get_model_entry(n)
+            if entry.input.size <= 64:
+                by_arch.setdefault(entry.arch, n)
         names = sorted(by_arch.values())
     for name in names:
         entry = get_model_entry(name)
