@@ -211,7 +211,7 @@ def test_rotnet_alexnet(work, wrapper):
     x = Random(1).normal(1, 3, 224, 224)
     assert_features_match(model, x, rotnet_alexnet_ref(sd, x))
     assert torch.equal(model.heads[0].weight, sd["_feature_blocks.9.0.weight"])  # the rotation head
-    assert report.name == "rotnet_alexnet" and report.conversion["loader"] == "torch.load(weights_only=True)"
+    assert report.name == "rotnet_alexnet" and report.conversion["loader"] == "restricted unpickler"
     assert any("num_batches_tracked" in a for a in report.conversion["added"])
 
 
