@@ -56,43 +56,53 @@ def train(method, recipe, data, out, resume, epochs, batch_size, limit, accumula
 
 
 @click.command("eval")
-@click.argument("model")
-@click.option("--protocol", type=click.Choice(["linear", "knn", "cluster", "retrieval"]), default="linear",
-              show_default=True)
+@click.argument("models", metavar="MODEL...", nargs=-1, required=True)
+@click.option("--protocol", default="linear", show_default=True,
+              help="linear, linear-pool, knn, cluster, retrieval, a comma-separated list of them, or all.")
 @click.option("--data", default=None, help="Labelled data with a train and a test split (default: Fashion-MNIST); "
-              "retrieval always uses the copy-detection set of the shipped photos.")
+              "retrieval always uses its own copy-detection benchmark.")
 @click.option("--layers", default=None, help="Comma-separated feature layers (default: all).")
 @click.option("--train-limit", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Fixed random subset of the train split (probe training / kNN memory).")
+@click.option("--val-size", type=click.IntRange(min=1), default=5_000, show_default=True,
+              help="Other train-split images on which the layer and probe settings are chosen.")
 @click.option("--test-limit", type=click.IntRange(min=1), default=10_000, show_default=True,
-              help="Fixed random subset of the test split.")
-@click.option("--baseline/--no-baseline", default=True, show_default=True,
-              help="Also evaluate a random-init model of the same architecture through the same code.")
-@click.option("--k", type=click.IntRange(min=1), default=200, show_default=True, help="kNN neighbours (NPID: 200).")
-@click.option("--temperature", type=float, default=0.07, show_default=True, help="kNN vote temperature (NPID: 0.07).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Linear-probe epochs (default 36).")
-@click.option("--seed", type=int, default=0, show_default=True)
+              help="Fixed random subset of the test split (reported only).")
+@click.option("--baseline-seeds", type=click.IntRange(min=0, max=20), default=3, show_default=True,
+              help="Random-init copies of the architecture evaluated beside the model (0: none).")
+@click.option("--no-baseline", is_flag=True, help="Same as --baseline-seeds 0.")
+@click.option("--k", type=click.IntRange(min=1, max=100_000), default=200, show_default=True,
+              help="kNN neighbours (NPID: 200).")
+@click.option("--temperature", type=click.FloatRange(min=1e-4, max=100.0), default=0.07, show_default=True,
+              help="kNN vote temperature (NPID: 0.07).")
+@click.option("--epochs", type=click.IntRange(min=1, max=1000), default=None, help="Linear-probe epochs (default 36).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Data subsets, probe initialisation, k-means.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the results JSON to this file.")
-@click.option("--record", is_flag=True, help="Merge the results into MODEL_CARDS/results/<model>.json.")
+@click.option("--record", is_flag=True, help="Merge the results into CARDS/results/<model>.json.")
 @click.option("--cards", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Model-card folder --record writes into (default: MODEL_CARDS of this source tree).")
-def eval_cmd(model, protocol, data, layers, train_limit, test_limit, baseline, k, temperature, epochs, seed,
-             json_out, record, cards):
-    """Evaluate MODEL's frozen features, beside a random-init model of the same architecture.
+              help="Model-card folder --record writes into (default: $ZOO_CARDS, else ~/.cache/sslzoo/cards; "
+                   "the repository's MODEL_CARDS only when named here).")
+def eval_cmd(models, protocol, data, layers, train_limit, val_size, test_limit, baseline_seeds, no_baseline, k,
+             temperature, epochs, seed, json_out, record, cards):
+    """Evaluate MODEL's frozen features, beside random-init models of the same architecture.
 
     MODEL: a checkpoint folder, a training run folder (its model/), a registry name or Hub repo id
-    (published weights), or random:NAME (random weights).
+    (published weights), or random:NAME (random weights). Several MODELs are the training seeds of
+    one model: the results are their mean and standard deviation. Layers and probe settings are
+    chosen on a validation split of the training images; the test split is only reported.
     """
     from training import evaluation
 
-    if record and model.startswith(evaluation.RANDOM_PREFIX):
-        raise UsageError(f"nothing to record: {model} has random weights; its numbers are recorded as the baseline "
-                         "beside a trained model's (record a checkpoint folder)")
+    if record and any(m.startswith(evaluation.RANDOM_PREFIX) for m in models):
+        raise UsageError(f"nothing to record: {models[0]} has random weights; its numbers are recorded as the "
+                         "baseline beside a trained model's (record a checkpoint folder)")
     layer_list = [s.strip() for s in layers.split(",") if s.strip()] if layers else None
-    report = evaluation.run_protocol(
-        model, protocol, data=data, layers=layer_list, train_limit=train_limit, test_limit=test_limit,
-        baseline=baseline, k=k, temperature=temperature, probe_epochs=epochs, seed=seed, command=_command_line())
+    settings = evaluation.EvalSettings(train_limit=train_limit, val_size=val_size, test_limit=test_limit, k=k,
+                                       temperature=temperature, probe_epochs=epochs or 36, seed=seed)
+    protocols = [p.strip() for p in protocol.split(",") if p.strip()]
+    report = evaluation.evaluate(models, protocols, data=data, layers=layer_list, settings=settings,
+                                 baseline_seeds=0 if no_baseline else baseline_seeds, command=_command_line())
     evaluation.print_report(report)
     if json_out is not None:
         from zoo.checkpoint import atomic_write_text

@@ -278,6 +278,21 @@ def limit_dataset(dataset: Dataset, limit: int | None, seed: int = 0) -> Dataset
     return Subset(dataset, sorted(picked.tolist()), f"{name}, random {limit:,} of {len(dataset):,}")
 
 
+def disjoint_subsets(dataset: Dataset, sizes: Sequence[int], seed: int = 0) -> list[Dataset]:
+    """Disjoint fixed random subsets of ``sizes`` items; the first is the one ``limit_dataset`` picks."""
+    if sum(sizes) > len(dataset) or min(sizes) <= 0:
+        raise UsageError(f"cannot take disjoint subsets of {', '.join(f'{n:,}' for n in sizes)} items "
+                         f"from {len(dataset):,}")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    name, subsets, start = getattr(dataset, "name", "data"), [], 0
+    for size in sizes:
+        picked = sorted(order[start:start + size])
+        where = "random" if start == 0 else "another random"
+        subsets.append(Subset(dataset, picked, f"{name}, {where} {size:,} of {len(dataset):,}"))
+        start += size
+    return subsets
+
+
 def describe(dataset: Dataset) -> str:
     """A short human description: "Fashion-MNIST train (60,000)", "Fashion-MNIST train, random 2,000 of 60,000"."""
     name = getattr(dataset, "name", type(dataset).__name__)

@@ -1,10 +1,15 @@
-"""Evaluation protocols on frozen features: per-layer linear probes, weighted kNN, clustering.
+"""Evaluation protocols on frozen features, with held-out choices, several seeds and a random-init baseline.
 
-Library functions first (each small and testable alone), then ``run_protocol``, which evaluates
-a checkpoint and a random-init model of the same architecture through exactly the same code,
-and ``record_results``, which merges the numbers into ``MODEL_CARDS/results/<name>.json``.
+Library functions first (each small and testable alone), then ``evaluate``, which scores one
+model's checkpoints (one per training seed) and random-init copies of its architecture through
+exactly the same code, and ``record_results``, which merges the numbers into a results file.
 
-* Linear probe (the DeepCluster / linear-probes protocol): each frozen layer is pooled to about
+Data: the probe-training set (10,000 train-split images), a validation set (5,000 other
+train-split images) and the test split. Every choice -- the layer, the pooled probe's L2 weight --
+is made on the validation set; the test set is only reported. A result is the mean over the
+checkpoints of the test score at each one's chosen layer, with the sample standard deviation.
+
+* ``linear`` (the DeepCluster / linear-probes protocol): each frozen layer is pooled to about
   9,000 numbers -- AlexNet's conv layers with the fixed max-pools of yukimasano/linear-probes
   (6/6/3, 4/4/0, 3/3/1, 3/3/1, 2/2/0, i.e. 9,600/9,216/9,600/9,600/9,216 dims for DeepCluster's
   widths); other networks (ResNet stages, NIN blocks, ...) by adaptive average pooling to the
@@ -13,13 +18,20 @@ and ``record_results``, which merges the numbers into ``MODEL_CARDS/results/<nam
   layer, trained with SGD (momentum 0.9, weight decay 1e-5, batch 192, lr 0.01 divided by 10 at
   epochs 10, 20 and 30 of 36). Features are computed once from centre crops and cached, so the
   probe sees no augmentation (the original re-crops every epoch and tests on ten crops).
-* Weighted kNN (NPID): cosine similarity of L2-normalised, globally average-pooled features; the
-  k nearest training images vote for their class with weight exp(sim / T); k=200, T=0.07.
-* Clustering: k-means (FAISS, k = number of classes) on the same pooled, normalised features;
+* ``linear-pool`` (the ResNet protocol of SimCLR, BYOL, solo-learn): the embedding layer globally
+  average-pooled, standardised, and a multinomial logistic regression fitted by L-BFGS, its L2
+  weight chosen on the validation set. Random weights are much weaker here than in ``linear``.
+* ``knn`` (NPID): cosine similarity of L2-normalised, globally average-pooled features; the k
+  nearest training images vote for their class with weight exp(sim / T); k=200, T=0.07.
+* ``cluster``: k-means (FAISS, k = number of classes) on the same pooled, normalised features;
   NMI and the accuracy of the best one-to-one cluster-to-class map (Hungarian algorithm).
-* Retrieval: the copy-detection set of ``zoo.retrieval`` (strong distortions of the shipped
-  photos); the same pooled, L2-normalised features; leave-one-out mAP and recall@1 from
-  ``zoo.retrieval.retrieval_metrics``.
+* ``retrieval``: ``training.retrieval_benchmark`` (distorted copies of held-out images as queries,
+  their originals among distractors), mAP and recall@1 with bootstrap intervals; the layer is
+  chosen on the benchmark's validation variant.
+
+The random-init baseline re-estimates its BatchNorm statistics on real images first, and is cached
+per architecture (``~/.cache/sslzoo/eval-baselines``): every model of one architecture is compared
+with the same random networks.
 """
 
 from __future__ import annotations
@@ -35,9 +47,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.data import ImageList, SampleView, SkipCounter, describe, iterate_batches, limit_dataset, open_dataset
+from training.data import (SampleView, SkipCounter, describe, disjoint_subsets, iterate_batches, limit_dataset,
+                           open_dataset)
 from training.transforms import eval_transform
 from zoo.errors import UsageError, ZooError
+from zoo.registry import RANDOM_PREFIX
 
 PROBE_DIMS = 9216
 # yukimasano/linear-probes: pooling of AlexNet conv1..conv5 before BN + linear (kernel, stride, padding).
@@ -64,8 +78,6 @@ def checkpoint_folder(model_or_dir: str | Path) -> Path | None:
             return candidate
     return None
 
-
-RANDOM_PREFIX = "random:"
 
 
 def load_model(model_or_dir: str | Path, seed: int = 0) -> LoadedModel:
@@ -147,31 +159,41 @@ def global_pool() -> nn.Module:
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, dataset, layers: Sequence[str], pools: dict[str, nn.Module],
+def extract_features(model: nn.Module, dataset, layers: Sequence[str], pools: dict[Any, nn.Module],
                      batch_size: int = 256, counter: SkipCounter | None = None,
-                     progress: str | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Pooled, flattened features of ``layers`` for every readable image, and the labels.
+                     progress: str | None = None) -> tuple[dict[Any, torch.Tensor], torch.Tensor]:
+    """Pooled, flattened features for every readable image, and the labels.
 
-    Images get the model's reference preprocessing (``model.entry.input``).
+    ``pools`` maps a key to a pooling module: a layer name, or ``(anything, layer name)`` to pool
+    one layer several ways in the same forward pass. Images get the model's reference
+    preprocessing (``model.entry.input``).
     """
     model.eval()
     view = SampleView(dataset, eval_transform(model.entry.input))
-    feats: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    layer_of = {key: key[-1] if isinstance(key, tuple) else key for key in pools}
+    feats: dict[Any, list[torch.Tensor]] = {key: [] for key in pools}
     labels = []
     batches = iterate_batches(view, batch_size, counter=counter)
-    if progress:
+    if progress and _show_progress():
         from tqdm import tqdm
 
         batches = tqdm(batches, total=math.ceil(len(view) / batch_size), desc=progress, unit="batch",
                        leave=False, mininterval=1.0)
     for batch in batches:
-        out = model.forward_features(batch["x"], layers)
-        for name in layers:
-            feats[name].append(pools[name](out[name]).flatten(1).float())
+        out = model.forward_features(batch["x"], list(layers))
+        for key, pool in pools.items():
+            feats[key].append(pool(out[layer_of[key]]).flatten(1).float())
         labels.append(batch["label"])
     if not labels:
         raise ZooError("no readable images to extract features from")
     return {k: torch.cat(v) for k, v in feats.items()}, torch.cat(labels)
+
+
+def _show_progress() -> bool:
+    """Progress bars only on a terminal: logs and pipes get the results, not bar redraws."""
+    import sys
+
+    return sys.stderr.isatty()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,13 +222,15 @@ class ProbeResult:
     top1: float         # test accuracy in [0, 1]
     train_top1: float
     dims: int
+    val_top1: float | None = None
 
 
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
                  num_classes: int, channels: int | None = None, epochs: int = 36, lr: float = 0.01,
                  milestones: Sequence[int] = (10, 20, 30), momentum: float = 0.9, weight_decay: float = 1e-5,
-                 batch_size: int = 192, seed: int = 0) -> ProbeResult:
-    """Train BN(affine=False) + linear on frozen features; top-1 on the test features."""
+                 batch_size: int = 192, seed: int = 0, val_x: torch.Tensor | None = None,
+                 val_y: torch.Tensor | None = None) -> ProbeResult:
+    """Train BN(affine=False) + linear on frozen features; top-1 on the test (and validation) features."""
     torch.manual_seed(seed)
     probe = LinearProbe(channels or train_x.shape[1], train_x.shape[1], num_classes)
     opt = torch.optim.SGD(probe.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -228,12 +252,68 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     with torch.no_grad():
         test_top1 = _accuracy(probe, test_x, test_y)
         train_top1 = _accuracy(probe, train_x, train_y)
-    return ProbeResult(test_top1, train_top1, train_x.shape[1])
+        val_top1 = _accuracy(probe, val_x, val_y) if val_x is not None else None
+    return ProbeResult(test_top1, train_top1, train_x.shape[1], val_top1)
 
 
 def _accuracy(probe: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> float:
     hits = sum(int((probe(x[i:i + chunk]).argmax(1) == y[i:i + chunk]).sum()) for i in range(0, len(x), chunk))
     return hits / len(x)
+
+
+# L2 weights the pooled probe tries; each fit starts from zero, so each is the same wherever it runs.
+POOLED_WEIGHT_DECAYS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+
+
+def logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float,
+                        max_iter: int = 100) -> nn.Linear:
+    """Multinomial logistic regression, ``mean CE + weight_decay / 2 * |W|^2``, fitted with L-BFGS.
+
+    Full-batch and deterministic for a given thread count: no sampling, a zero start.
+    """
+    linear = nn.Linear(x.shape[1], num_classes)
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.bias.zero_()
+    opt = torch.optim.LBFGS(linear.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
+                            tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(linear(x), y) + 0.5 * weight_decay * linear.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return linear
+
+
+@dataclass
+class PooledProbeResult:
+    val_top1: float
+    test_top1: float
+    weight_decay: float  # chosen on the validation features
+
+
+def pooled_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
+                        test_x: torch.Tensor, test_y: torch.Tensor, num_classes: int,
+                        weight_decays: Sequence[float] = POOLED_WEIGHT_DECAYS) -> PooledProbeResult:
+    """The ResNet protocol on globally pooled features: standardise with the training features'
+    mean and std, fit a linear classifier, choose its L2 weight on the validation features."""
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+
+    def scaled(t: torch.Tensor) -> torch.Tensor:
+        return (t - mean) / std
+
+    x = scaled(train_x)
+    best = None
+    for wd in weight_decays:
+        linear = logistic_regression(x, train_y, num_classes, wd)
+        with torch.no_grad():
+            val = _accuracy(linear, scaled(val_x), val_y)
+            if best is None or val > best.val_top1:
+                best = PooledProbeResult(val, _accuracy(linear, scaled(test_x), test_y), wd)
+    return best
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,8 +385,40 @@ def hungarian_accuracy(pred: Sequence[int], labels: Sequence[int]) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Protocols over all layers, with the random-init baseline
+# Evaluation data: probe training, validation (every choice is made here), test (reported only)
 # ---------------------------------------------------------------------------------------------
+
+PROTOCOLS = ("linear", "linear-pool", "knn", "cluster", "retrieval")
+VAL_IMAGES = 5_000
+# Bumped whenever a protocol changes what it computes: the random-init baseline cache keys on it.
+EVAL_VERSION = 2
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    train_limit: int = 10_000   # probe training set / kNN memory: a fixed random subset of the train split
+    val_size: int = VAL_IMAGES  # validation: other train-split images, disjoint from the above
+    test_limit: int = 10_000    # the test split (reported, never used for a choice)
+    k: int = 200
+    temperature: float = 0.07
+    probe_epochs: int = 36
+    probe_dims: int = PROBE_DIMS
+    seed: int = 0               # data subsets, probe initialisation, k-means
+
+
+@dataclass
+class EvalData:
+    train: Any
+    val: Any
+    test: Any
+
+
+def evaluation_data(data: str | None, settings: EvalSettings) -> EvalData:
+    """Disjoint probe-training and validation subsets of the train split, and the test split."""
+    train, val = disjoint_subsets(open_dataset(data, "train"), (settings.train_limit, settings.val_size), settings.seed)
+    test = limit_dataset(open_dataset(data, "test"), settings.test_limit, settings.seed)
+    return EvalData(train, val, test)
+
 
 def _num_classes(*label_sets: torch.Tensor) -> int:
     top = max(int(y.max()) for y in label_sets)
@@ -315,137 +427,393 @@ def _num_classes(*label_sets: torch.Tensor) -> int:
     return top + 1
 
 
-def evaluate_layers(model: nn.Module, protocol: str, train_set, test_set, layers: Sequence[str], *, k: int = 200,
-                    temperature: float = 0.07, probe_epochs: int = 36, probe_dims: int = PROBE_DIMS, seed: int = 0,
-                    counter: SkipCounter | None = None, tag: str = "") -> dict[str, dict[str, float]]:
-    """{layer: {metric: value in %}} for one model under one protocol."""
-    from zoo.inspect import layer_shapes
+# ---------------------------------------------------------------------------------------------
+# Scores of every layer of one model, on the validation and on the test data
+# ---------------------------------------------------------------------------------------------
 
-    shapes = layer_shapes(model, model.entry.input)
-    results: dict[str, dict[str, float]] = {}
-    if protocol == "linear":
-        pools = {name: probe_pool(model, name, shapes[name], probe_dims) for name in layers}
-    else:
-        pools = {name: (global_pool() if len(shapes[name]) == 3 else nn.Identity()) for name in layers}
-    test_x, test_y = extract_features(model, test_set, layers, pools, counter=counter, progress=f"{tag} test features")
+class _Features:
+    """Pooled features of one model, computed once per data set -- every pooling the protocols need in
+    the same forward pass -- and reused by all protocols."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[str], settings: EvalSettings, counter: SkipCounter, tag: str,
+                 poolings: Sequence[str] = ("global",)):
+        from zoo.inspect import layer_shapes
+
+        self.model, self.layers, self.settings, self.counter, self.tag = model, list(layers), settings, counter, tag
+        self.shapes = layer_shapes(model, model.entry.input)
+        self.poolings = list(poolings)
+        self.cache: dict[tuple[str, str], tuple[dict[str, torch.Tensor], torch.Tensor]] = {}
+
+    def _pools(self, pooling: str) -> dict[str, nn.Module]:
+        if pooling == "probe":
+            return {n: probe_pool(self.model, n, self.shapes[n], self.settings.probe_dims) for n in self.layers}
+        return {n: (global_pool() if len(self.shapes[n]) == 3 else nn.Identity()) for n in self.layers}
+
+    def get(self, name: str, dataset, pooling: str = "global") -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        if (name, pooling) not in self.cache:
+            # the probe and pooled protocols share the classification splits; other sets need one pooling
+            poolings = sorted({pooling, *self.poolings}) if name in ("train", "val", "test") else [pooling]
+            pools = {(p, n): m for p in poolings for n, m in self._pools(p).items()}
+            feats, labels = extract_features(self.model, dataset, self.layers, pools, counter=self.counter,
+                                             progress=f"{self.tag} {name} features")
+            for p in poolings:
+                self.cache[(name, p)] = ({n: feats[(p, n)] for n in self.layers}, labels)
+        return self.cache[(name, pooling)]
+
+    def drop(self, pooling: str) -> None:
+        self.cache = {k: v for k, v in self.cache.items() if k[1] != pooling}
+        self.poolings = [p for p in self.poolings if p != pooling]
+
+
+Scores = dict[str, dict[str, dict[str, Any]]]  # metric -> layer -> {"val": %, "test": %, extras}
+
+
+def _pair(val: float, test: float, **extra: Any) -> dict[str, Any]:
+    return {"val": 100 * val, "test": 100 * test, **extra}
+
+
+def score_layers(feats: _Features, protocol: str, data: EvalData | None) -> Scores:
+    """Every layer's metric(s) for one protocol, measured on the validation and the test data."""
+    s = feats.settings
     if protocol == "retrieval":
-        from zoo.retrieval import retrieval_metrics
-
-        for name in layers:
-            found = retrieval_metrics(F.normalize(test_x[name], dim=1).numpy(), test_y.numpy(), ks=(1,))
-            results[name] = {"map": 100 * found["mAP"], "r1": 100 * found["recall@1"]}
-        return results
+        return _score_retrieval(feats)
     if protocol == "cluster":
-        classes = _num_classes(test_y)
-        for name in layers:
-            assign = kmeans(F.normalize(test_x[name], dim=1), classes, seed)
-            results[name] = {"nmi": 100 * nmi(assign, test_y.numpy()),
-                             "acc": 100 * hungarian_accuracy(assign, test_y.numpy())}
-        return results
-    train_x, train_y = extract_features(model, train_set, layers, pools, counter=counter,
-                                        progress=f"{tag} train features")
-    classes = _num_classes(train_y, test_y)
-    for name in layers:
+        (val_x, val_y), (test_x, test_y) = feats.get("val", data.val), feats.get("test", data.test)
+        classes = _num_classes(val_y, test_y)
+        out: Scores = {"nmi": {}, "acc": {}}
+        for name in feats.layers:
+            found = {}
+            for split, x, y in (("val", val_x, val_y), ("test", test_x, test_y)):
+                assign = kmeans(F.normalize(x[name], dim=1), classes, s.seed)
+                found[split] = (nmi(assign, y.numpy()), hungarian_accuracy(assign, y.numpy()))
+            out["nmi"][name] = _pair(found["val"][0], found["test"][0])
+            out["acc"][name] = _pair(found["val"][1], found["test"][1])
+        return out
+    pooling = "probe" if protocol == "linear" else "global"
+    (train_x, train_y), (val_x, val_y), (test_x, test_y) = (
+        feats.get("train", data.train, pooling), feats.get("val", data.val, pooling), feats.get("test", data.test, pooling))
+    classes = _num_classes(train_y, val_y, test_y)
+    out = {"top1": {}}
+    if protocol == "linear-pool":
+        name = embedding_layer(feats.model, feats.layers)
+        res = pooled_linear_probe(train_x[name], train_y, val_x[name], val_y, test_x[name], test_y, classes)
+        out["top1"][name] = _pair(res.val_top1, res.test_top1, weight_decay=res.weight_decay,
+                                  dims=int(train_x[name].shape[1]))
+        return out
+    for name in feats.layers:
         if protocol == "linear":
-            channels = shapes[name][0]
-            res = linear_probe(train_x[name], train_y, test_x[name], test_y, classes, channels=channels,
-                               epochs=probe_epochs, seed=seed)
-            results[name] = {"top1": 100 * res.top1, "dims": res.dims}
+            res = linear_probe(train_x[name], train_y, test_x[name], test_y, classes, channels=feats.shapes[name][0],
+                               epochs=s.probe_epochs, seed=s.seed, val_x=val_x[name], val_y=val_y)
+            out["top1"][name] = _pair(res.val_top1, res.top1, dims=res.dims)
         else:
-            results[name] = {"top1": 100 * knn_accuracy(train_x[name], train_y, test_x[name], test_y, classes, k,
-                                                         temperature)}
-    return results
+            out["top1"][name] = _pair(
+                knn_accuracy(train_x[name], train_y, val_x[name], val_y, classes, s.k, s.temperature),
+                knn_accuracy(train_x[name], train_y, test_x[name], test_y, classes, s.k, s.temperature))
+    if protocol == "linear":
+        feats.drop("probe")  # ~9,000 numbers per image and layer: free them as soon as the probes are done
+    return out
 
 
-_METRICS = {  # protocol -> [(metric key, card metric name, task)]
+def embedding_layer(model: nn.Module, layers: Sequence[str]) -> str:
+    """The layer the pooled probe reads: the entry's embedding layer, else the deepest evaluated layer."""
+    chosen = model.entry.embedding_layer
+    return chosen if chosen in layers else list(layers)[-1]
+
+
+def _score_retrieval(feats: _Features) -> Scores:
+    from training.retrieval_benchmark import benchmark_metrics, retrieval_benchmark
+
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for split in ("val", "test"):
+        bench = retrieval_benchmark(split, seed=feats.settings.seed)
+        queries, _ = feats.get(f"{split} retrieval queries", bench.queries)
+        database, _ = feats.get(f"{split} retrieval database", bench.database)
+        found[split] = {name: benchmark_metrics(F.normalize(queries[name], dim=1).numpy(),
+                                                F.normalize(database[name], dim=1).numpy(), bench.positives,
+                                                bench.part, seed=feats.settings.seed)
+                        for name in feats.layers}
+    out: Scores = {"map": {}, "r1": {}}
+    for key in out:
+        for name in feats.layers:
+            val, test = _main_part(found["val"][name]), _main_part(found["test"][name])
+            parts = {part: m[key] for part, m in found["test"][name].get("parts", {}).items()}
+            out[key][name] = {"val": val[key], "test": test[key], "ci95": test[f"{key}_ci"], "parts": parts,
+                              "queries": test.get("queries")}
+    return out
+
+
+def _main_part(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The Fashion-MNIST part of the benchmark is the headline; the photos part is reported beside it."""
+    return metrics.get("parts", {}).get("fmnist", metrics)
+
+
+# ---------------------------------------------------------------------------------------------
+# Held-out selection and seeds
+# ---------------------------------------------------------------------------------------------
+
+def select_layer(by_layer: dict[str, dict[str, Any]]) -> str:
+    """The layer with the best validation score (the earlier layer on a tie). The test score never chooses."""
+    return max(by_layer, key=lambda name: by_layer[name]["val"])
+
+
+def summarise_seeds(per_seed: Sequence[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Mean and sample std over seeds of the test score at each seed's validation-chosen layer."""
+    chosen = [select_layer(by_layer) for by_layer in per_seed]
+    values = [by_layer[layer]["test"] for by_layer, layer in zip(per_seed, chosen)]
+    layers = list(per_seed[0])
+    return {
+        "value": float(np.mean(values)),
+        "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+        "per_seed": [round(v, 2) for v in values],
+        "layer": max(set(chosen), key=lambda name: (chosen.count(name), -layers.index(name))),
+        "layer_per_seed": chosen,
+        "per_layer": {name: float(np.mean([by_layer[name]["test"] for by_layer in per_seed])) for name in layers},
+    }
+
+
+def beats_baseline(value: float, std: float | None, baseline: float, baseline_std: float | None) -> bool | None:
+    """The rule the cards state: the mean beats random init's by more than two standard deviations
+    (the larger of the two). None when there is only one seed, so no spread to compare with."""
+    if std is None or baseline_std is None:
+        return None
+    return value - baseline > 2 * max(std, baseline_std)
+
+
+# ---------------------------------------------------------------------------------------------
+# The random-init baseline, cached: the same architecture gives the same numbers for every model
+# ---------------------------------------------------------------------------------------------
+
+def _cache_dir() -> Path:
+    import os
+
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root).expanduser() / "sslzoo" / "eval-baselines"
+
+
+def _baseline_key(model: nn.Module, protocol: str, layers: Sequence[str], settings: EvalSettings, data: str | None,
+                  seed: int) -> str:
+    import dataclasses
+    import hashlib
+
+    spec = {"arch": model.entry.arch, "arch_kwargs": dict(getattr(model, "arch_kwargs", {})),
+            "input": dataclasses.asdict(model.entry.input), "embedding": model.entry.embedding_layer,
+            "protocol": protocol, "layers": list(layers), "settings": dataclasses.asdict(settings), "data": data,
+            "seed": seed, "version": EVAL_VERSION, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=list).encode()).hexdigest()[:24]
+
+
+def baseline_scores(model: nn.Module, protocols: Sequence[str], layers: Sequence[str], settings: EvalSettings,
+                    data_spec: str | None, data: EvalData | None, seed: int, counter: SkipCounter) -> dict[str, Scores]:
+    """A random-init copy of ``model``'s architecture (BN re-estimated), scored like the model; read
+    from the cache when this architecture, protocol, data and seed were scored before."""
+    from zoo.checkpoint import atomic_write_text
+
+    found, missing = {}, []
+    for protocol in protocols:
+        path = _cache_dir() / f"{_baseline_key(model, protocol, layers, settings, data_spec, seed)}.json"
+        try:
+            found[protocol] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            missing.append((protocol, path))
+    if missing:
+        base = random_init(model.entry.name, dict(getattr(model, "arch_kwargs", {})), seed)
+        calibrate_batchnorm(base, data.train if data is not None else _retrieval_calibration(settings))
+        feats = _Features(base, layers, settings, counter, f"random-init seed {seed}",
+                          _poolings([p for p, _ in missing]))
+        for protocol, path in missing:
+            found[protocol] = score_layers(feats, protocol, data)
+            try:
+                atomic_write_text(path, json.dumps(found[protocol]) + "\n")
+            except OSError:
+                pass  # a read-only cache only costs time
+    return found
+
+
+def _poolings(protocols: Sequence[str]) -> list[str]:
+    return ["global", "probe"] if "linear" in protocols else ["global"]
+
+
+def _retrieval_calibration(settings: EvalSettings):
+    from training.retrieval_benchmark import retrieval_benchmark
+
+    return retrieval_benchmark("val", seed=settings.seed).database
+
+
+# ---------------------------------------------------------------------------------------------
+# zoo eval: one or more checkpoints (training seeds of one model) beside random init
+# ---------------------------------------------------------------------------------------------
+
+_METRICS = {  # protocol -> [(score key, card metric name, task)]
     "linear": [("top1", "top-1", "image-classification")],
+    "linear-pool": [("top1", "top-1", "image-classification")],
     "knn": [("top1", "top-1", "image-classification")],
     "cluster": [("nmi", "NMI", "image-clustering"), ("acc", "accuracy (Hungarian)", "image-clustering")],
     "retrieval": [("map", "mAP", "image-retrieval"), ("r1", "recall@1", "image-retrieval")],
 }
 
 
-def _protocol_text(protocol: str, layer: str, dims: int | None, train_desc: str, test_desc: str, k: int,
-                   temperature: float, epochs: int, classes_hint: str = "") -> str:
+def protocol_list(protocol: str) -> list[str]:
+    if protocol == "all":
+        return list(PROTOCOLS)
+    if protocol not in PROTOCOLS:
+        raise UsageError(f"unknown protocol {protocol!r}; use {', '.join(PROTOCOLS)} or all")
+    return [protocol]
+
+
+def _protocol_text(protocol: str, settings: EvalSettings, train_desc: str, val_desc: str, dims: int | None = None,
+                   weight_decay: float | None = None, bench: str = "") -> str:
+    chosen = f"the layer is chosen on the validation split ({val_desc}), never on the test split"
     if protocol == "linear":
-        return (f"linear probe on frozen {layer} features (pooled to {dims:,} dims, BatchNorm without affine, "
-                f"linear layer; SGD momentum 0.9, wd 1e-5, batch 192, lr 0.01 /10 at epochs 10/20/30, {epochs} "
-                f"epochs; trained on {train_desc}, centre crops)")
+        return (f"linear probe on each frozen layer (pooled to about {settings.probe_dims:,} dims, BatchNorm without "
+                f"affine, linear layer; SGD momentum 0.9, wd 1e-5, batch 192, lr 0.01 /10 at epochs 10/20/30, "
+                f"{settings.probe_epochs} epochs; trained on {train_desc}, centre crops); {chosen}")
+    if protocol == "linear-pool":
+        return (f"linear classifier on globally average-pooled features of the last stage ({dims} dims, standardised; "
+                f"multinomial logistic regression by L-BFGS, L2 weight chosen on the validation split ({val_desc}) "
+                f"from {', '.join(f'{w:g}' for w in POOLED_WEIGHT_DECAYS)}; trained on {train_desc}, centre crops)")
     if protocol == "knn":
-        return (f"weighted kNN on globally average-pooled {layer} features (cosine, k={k}, votes exp(sim/{temperature:g})); "
-                f"memory: {train_desc}")
+        return (f"weighted kNN on globally average-pooled features (cosine, k={settings.k}, votes "
+                f"exp(sim/{settings.temperature:g})); memory: {train_desc}; {chosen}")
     if protocol == "retrieval":
-        return (f"copy detection: each image queries all the others by cosine similarity of globally average-pooled "
-                f"{layer} features; positives are the other copies of its photo (zoo.retrieval, leave-one-out)")
-    return (f"k-means (FAISS, k = number of classes) on L2-normalised, globally average-pooled {layer} features of "
-            f"{test_desc}{classes_hint}")
+        return (f"copy detection ({bench}): each distorted copy queries the database by cosine similarity of "
+                f"L2-normalised, globally average-pooled features; its original is the one positive; 95% interval "
+                f"by bootstrap over queries; the layer is chosen on the benchmark's validation variant (built from "
+                f"train-split images), never on the test variant")
+    return (f"k-means (FAISS, k = number of classes) on L2-normalised, globally average-pooled features; {chosen} "
+            f"(k-means on the validation images)")
 
 
-def run_protocol(model_or_dir: str | Path, protocol: str, data: str | None = None, layers: Sequence[str] | None = None,
-                 train_limit: int | None = 10_000, test_limit: int | None = 10_000, baseline: bool = True,
-                 k: int = 200, temperature: float = 0.07, probe_epochs: int | None = None, seed: int = 0,
-                 command: str = "") -> dict[str, Any]:
-    """Evaluate a model (and a random-init copy of its architecture) and return the results JSON."""
-    if protocol not in _METRICS:
-        raise UsageError(f"unknown protocol {protocol!r}; use {', '.join(_METRICS)}")
-    if protocol == "retrieval" and data is not None:
-        raise UsageError("the retrieval protocol uses the copy-detection set made from the shipped photos; "
-                         "--data does not apply to it")
-    loaded = load_model(model_or_dir, seed)
-    model = loaded.model
-    layers = model.resolve_layers(layers)
-    epochs = probe_epochs or 36
-    command = command or f"zoo eval {model_or_dir} --protocol {protocol}"
-    if protocol == "retrieval":
-        from zoo.retrieval import copy_detection_set
+def _load_seed_models(models: Sequence[str]) -> list[LoadedModel]:
+    loaded = [load_model(m) for m in models]
+    names = {m.name for m in loaded}
+    if len(names) > 1:
+        raise UsageError(f"several checkpoints evaluate as the seeds of one model; these are of {', '.join(sorted(names))}")
+    if any(m.source == "random-init" for m in loaded) and len(loaded) > 1:
+        raise UsageError("random:NAME evaluates alone (its seeds are --baseline-seeds)")
+    shas = [((m.config or {}).get("weights") or {}).get("sha256") for m in loaded]
+    if len(loaded) > 1 and len(set(shas)) < len(shas):
+        raise UsageError("the same weights are given twice; pass one checkpoint per training seed")
+    return loaded
 
-        cds = copy_detection_set(seed=seed)
-        photos = int(cds.groups.max()) + 1
-        test_set = ImageList(cds.images, cds.groups, f"copy-detection set of the shipped photos: {photos} originals + "
-                             f"{len(cds.images) - photos} strongly distorted copies")
-    else:
-        test_set = limit_dataset(open_dataset(data, "test"), test_limit, seed)
-    train_set = None if protocol in ("cluster", "retrieval") else limit_dataset(open_dataset(data, "train"), train_limit, seed)
-    if loaded.source == "random-init":
-        calibrate_batchnorm(model, train_set or test_set)
+
+def _seed_of(loaded: LoadedModel, position: int) -> int:
+    training = (loaded.config or {}).get("training") or {}
+    return int(training.get("seed", position))
+
+
+def evaluate(models: Sequence[str], protocols: Sequence[str], data: str | None = None,
+             layers: Sequence[str] | None = None, settings: EvalSettings = EvalSettings(), baseline_seeds: int = 3,
+             command: str = "") -> dict[str, Any]:
+    """Evaluate one model's checkpoints (one per training seed) under ``protocols``, beside
+    ``baseline_seeds`` random-init copies of its architecture, and return the results JSON.
+
+    Every choice (layer, probe L2 weight) is made on validation data; the test data is only
+    reported. Values are means over the checkpoints with their sample standard deviation.
+    """
+    protocols = [p for name in protocols for p in protocol_list(name)]
+    if "retrieval" in protocols and data is not None:
+        raise UsageError("the retrieval protocol uses its own copy-detection benchmark; --data does not apply to it")
+    loaded = _load_seed_models(models)
+    first = loaded[0].model
+    poolings = _poolings(protocols)
+    layers = first.resolve_layers(layers)
+    command = command or f"zoo eval {' '.join(map(str, models))} --protocol {','.join(protocols)}"
+    needs_data = any(p != "retrieval" for p in protocols)
+    eval_data = evaluation_data(data, settings) if needs_data else None
     counter = SkipCounter()
-    kw = dict(k=k, temperature=temperature, probe_epochs=epochs, seed=seed, counter=counter)
-    per_layer = evaluate_layers(model, protocol, train_set, test_set, layers, tag=loaded.name, **kw)
-    base_per_layer = None
-    if baseline:
-        arch_kwargs = dict(getattr(model, "arch_kwargs", {}))
-        base = calibrate_batchnorm(random_init(loaded.name, arch_kwargs, seed), train_set or test_set)
-        base_per_layer = evaluate_layers(base, protocol, train_set, test_set, layers, tag="random-init", **kw)
-    train_desc = describe(train_set) if train_set is not None else ""
-    calibration = (f"{min(BN_CALIBRATION_IMAGES, len(train_set)):,} training images" if train_set is not None
-                   else f"{min(BN_CALIBRATION_IMAGES, len(test_set)):,} of the evaluated images, labels unused")
-    test_desc = describe(test_set)
-    metrics = []
-    for key, metric, task in _METRICS[protocol]:
-        best = max(layers, key=lambda name: per_layer[name][key])
-        entry: dict[str, Any] = {
-            "task": task, "dataset": test_desc, "metric": metric, "value": round(per_layer[best][key], 2),
-            "layer": best, "protocol_id": protocol,
-            "protocol": _protocol_text(protocol, best, per_layer[best].get("dims"), train_desc, test_desc, k,
-                                       temperature, epochs),
-            "per_layer": {name: round(per_layer[name][key], 2) for name in layers},
-            "command": command,
-        }
-        if base_per_layer is not None:
-            base_best = max(layers, key=lambda name: base_per_layer[name][key])
-            entry["protocol"] += (f"; random-init baseline: the same architecture with fresh weights (BN statistics "
-                                  f"re-estimated on {calibration}), same protocol, its best layer {base_best}")
-            entry["baseline"] = {"random-init": round(base_per_layer[base_best][key], 2)}
-            entry["baseline_layer"] = {"random-init": base_best}
-            entry["baseline_per_layer"] = {"random-init": {n: round(base_per_layer[n][key], 2) for n in layers}}
-        metrics.append(entry)
-    weights = (loaded.config or {}).get("weights", {})
+    model_scores: list[dict[str, Scores]] = []
+    for i, m in enumerate(loaded):
+        if m.source == "random-init":
+            calibrate_batchnorm(m.model, eval_data.train if eval_data is not None else _retrieval_calibration(settings))
+        feats = _Features(m.model, layers, settings, counter, f"{m.name} seed {_seed_of(m, i)}", poolings)
+        model_scores.append({p: score_layers(feats, p, eval_data) for p in protocols})
+    base_scores = [baseline_scores(first, protocols, layers, settings, data, eval_data, seed, counter)
+                   for seed in range(baseline_seeds)]
+    train_desc = describe(eval_data.train) if eval_data else ""
+    val_desc = describe(eval_data.val) if eval_data else ""
+    results = []
+    for protocol in protocols:
+        bench = ""
+        if protocol == "retrieval":
+            from training.retrieval_benchmark import retrieval_benchmark
+
+            bench = retrieval_benchmark("test", seed=settings.seed).description
+        for key, metric, task in _METRICS[protocol]:
+            per_seed = [scores[protocol][key] for scores in model_scores]
+            summary = summarise_seeds(per_seed)
+            chosen = per_seed[0][summary["layer_per_seed"][0]]
+            entry: dict[str, Any] = {
+                "task": task,
+                "dataset": "Fashion-MNIST copy detection" if protocol == "retrieval" else _dataset_name(eval_data.test),
+                "split": "test",
+                "split_size": chosen.get("queries") if protocol == "retrieval" else len(eval_data.test),
+                "metric": metric, "protocol_id": protocol,
+                "value": round(summary["value"], 2),
+                "std": None if summary["std"] is None else round(summary["std"], 2),
+                "seeds": [_seed_of(m, i) for i, m in enumerate(loaded)],
+                "per_seed": summary["per_seed"], "layer": summary["layer"], "layer_per_seed": summary["layer_per_seed"],
+                "layer_selected_on": ("validation variant of the benchmark (train-split images)" if protocol == "retrieval"
+                                      else f"validation: {val_desc}"),
+                "per_layer": {n: round(v, 2) for n, v in summary["per_layer"].items()},
+                "protocol": _protocol_text(protocol, settings, train_desc, val_desc, chosen.get("dims"),
+                                           chosen.get("weight_decay"), bench),
+                "command": command,
+            }
+            if protocol == "linear-pool":
+                entry["weight_decay_per_seed"] = [by_layer[layer]["weight_decay"] for by_layer, layer
+                                                  in zip(per_seed, summary["layer_per_seed"])]
+            if protocol == "retrieval":
+                entry["ci95"] = [round(v, 2) for v in chosen["ci95"]]
+                entry["parts"] = _retrieval_parts(per_seed, summary["layer_per_seed"])
+            if baseline_seeds:
+                base = summarise_seeds([scores[protocol][key] for scores in base_scores])
+                entry["baseline"] = {"random-init": round(base["value"], 2)}
+                entry["baseline_std"] = {"random-init": None if base["std"] is None else round(base["std"], 2)}
+                entry["baseline_per_seed"] = {"random-init": base["per_seed"]}
+                entry["baseline_layer"] = {"random-init": base["layer"]}
+                entry["baseline_per_layer"] = {"random-init": {n: round(v, 2) for n, v in base["per_layer"].items()}}
+                entry["beats_baseline"] = beats_baseline(summary["value"], summary["std"], base["value"], base["std"])
+            results.append(entry)
+    return _report(loaded, protocols, command, eval_data, counter, results)
+
+
+def _dataset_name(dataset) -> str:
+    """"Fashion-MNIST" for a subset of "Fashion-MNIST test": the split is recorded on its own."""
+    while hasattr(dataset, "base"):
+        dataset = dataset.base
+    name = getattr(dataset, "name", "data")
+    head, _, split = name.rpartition(" ")
+    return head if head and split in ("train", "test") else name
+
+
+def _retrieval_parts(per_seed: Sequence[dict[str, dict[str, Any]]], chosen: Sequence[str]) -> dict[str, Any]:
+    parts: dict[str, Any] = {}
+    for name in per_seed[0][chosen[0]].get("parts", {}):
+        values = [by_layer[layer]["parts"][name] for by_layer, layer in zip(per_seed, chosen)]
+        parts[name] = {"value": round(float(np.mean(values)), 2),
+                       "std": round(float(np.std(values, ddof=1)), 2) if len(values) > 1 else None,
+                       "per_seed": [round(v, 2) for v in values]}
+    return parts
+
+
+def _report(loaded: Sequence[LoadedModel], protocols, command, eval_data, counter, results) -> dict[str, Any]:
+    configs = [m.config or {} for m in loaded]
+    seeds = {str(_seed_of(m, i)): {"weights_sha256": (c.get("weights") or {}).get("sha256"),
+                                   "training_seconds": (c.get("training") or {}).get("seconds"),
+                                   "source": m.source}
+             for i, (m, c) in enumerate(zip(loaded, configs))}
     return {
-        "model": loaded.name, "source": loaded.source, "weights_sha256": weights.get("sha256"),
-        "protocol": protocol, "command": command,
-        "data": {"train": train_desc, "test": test_desc}, "skipped_images": counter.skipped,
-        "training": (loaded.config or {}).get("training"), "results": metrics,
+        "model": loaded[0].name, "source": loaded[0].source, "sources": [m.source for m in loaded],
+        "weights_sha256": (configs[0].get("weights") or {}).get("sha256"), "shipped_seed": _seed_of(loaded[0], 0),
+        "seeds": seeds, "protocols": list(protocols), "command": command,
+        "data": {"train": describe(eval_data.train) if eval_data else "", "val": describe(eval_data.val) if eval_data else "",
+                 "test": describe(eval_data.test) if eval_data else ""},
+        "skipped_images": counter.skipped, "training": configs[0].get("training"), "results": results,
     }
+
+
+def _fmt(value: float, std: float | None) -> str:
+    return f"{value:.2f}" if std is None else f"{value:.2f} +- {std:.2f}"
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -453,17 +821,18 @@ def print_report(report: dict[str, Any]) -> None:
 
     from zoo.cli import print_table
 
-    click.echo(f"{report['model']} ({report['source']}), protocol {report['protocol']}: test {report['data']['test']}"
-               + (f", train {report['data']['train']}" if report["data"]["train"] else ""))
+    seeds = ", ".join(report["seeds"])
+    click.echo(f"{report['model']} (seeds {seeds}: {', '.join(report['sources'])})")
     for entry in report["results"]:
         base = entry.get("baseline_per_layer", {}).get("random-init", {})
         rows = [(layer, f"{value:.2f}", f"{base[layer]:.2f}" if layer in base else "-")
                 for layer, value in entry["per_layer"].items()]
-        click.echo(f"\n{entry['metric']} (%)")
+        click.echo(f"\n{entry['protocol_id']}: {entry['metric']} (%), test, mean over seeds")
         print_table(("layer", "model", "random-init"), rows)
-        line = f"best: {entry['layer']} {entry['value']:.2f}"
+        line = (f"chosen on validation: {', '.join(entry['layer_per_seed'])} -> {_fmt(entry['value'], entry['std'])}")
         if "baseline" in entry:
-            line += f"; random-init best: {entry['baseline_layer']['random-init']} {entry['baseline']['random-init']:.2f}"
+            line += (f"; random-init {_fmt(entry['baseline']['random-init'], entry['baseline_std']['random-init'])}"
+                     + {True: " (beats it by > 2 std)", False: " (not by > 2 std)", None: ""}[entry["beats_baseline"]])
         click.echo(line)
     if report["skipped_images"]:
         click.echo(f"skipped {report['skipped_images']} unreadable image(s)")
@@ -473,16 +842,26 @@ def _card_training(training: dict[str, Any] | None) -> dict[str, Any] | None:
     if not training:
         return None
     keys = ("recipe", "command", "epochs", "seconds", "data", "metrics", "steps", "method", "world_size", "seed",
-            "batch_size")
+            "batch_size", "threads", "precision", "cpu")
     return {k: training[k] for k in keys if k in training}
 
 
+def user_cards_dir() -> Path:
+    """Where ``zoo eval --record`` writes unless told otherwise: ``$ZOO_CARDS``, else a folder in
+    the user's cache, never the repository's shipped ``MODEL_CARDS``."""
+    import os
+
+    if os.environ.get("ZOO_CARDS"):
+        return Path(os.environ["ZOO_CARDS"]).expanduser()
+    return _cache_dir().parent / "cards"
+
+
 def record_results(report: dict[str, Any], cards_dir: str | Path | None = None) -> Path:
-    """Merge ``report`` into ``<cards_dir>/results/<model>.json`` (``zoo.cards``' folder by default).
+    """Merge ``report`` into ``<cards_dir>/results/<model>.json`` (default ``user_cards_dir()``).
 
     An entry with the same task, dataset, metric and protocol replaces the old one; the others are
-    kept, unless they were measured on other weights (another ``weights_sha256``): then the file
-    starts afresh, so a card never mixes numbers of two checkpoints.
+    kept, unless they were measured on other weights or other seeds: then the file starts afresh,
+    so a card never mixes numbers of different checkpoints.
     """
     from zoo.cards import results_path
     from zoo.checkpoint import atomic_write_text
@@ -490,7 +869,7 @@ def record_results(report: dict[str, Any], cards_dir: str | Path | None = None) 
     if report["source"] == "random-init":
         raise UsageError(f"nothing to record: {report['model']} was evaluated with random weights; pass a "
                          "checkpoint folder (the random-init baseline is recorded beside a trained model's numbers)")
-    path = results_path(report["model"], cards_dir)
+    path = results_path(report["model"], cards_dir or user_cards_dir())
     doc: dict[str, Any] = {"model": report["model"], "results": []}
     if path.is_file():
         try:
@@ -499,10 +878,13 @@ def record_results(report: dict[str, Any], cards_dir: str | Path | None = None) 
             raise ZooError(f"{path} is not valid JSON ({err}); fix or delete it, nothing was written") from None
         if doc.get("model") != report["model"]:
             raise ZooError(f"{path} belongs to model {doc.get('model')!r}, not {report['model']!r}")
-        if doc.get("weights_sha256") != report.get("weights_sha256"):
+        same = (doc.get("weights_sha256") == report.get("weights_sha256")
+                and doc.get("seeds", {}).keys() == report.get("seeds", {}).keys())
+        if not same:
             doc = {"model": report["model"], "results": []}
-    if report.get("weights_sha256"):
-        doc["weights_sha256"] = report["weights_sha256"]
+    for key in ("weights_sha256", "shipped_seed", "seeds"):
+        if report.get(key) is not None:
+            doc[key] = report[key]
     training = _card_training(report.get("training"))
     if training:
         doc["training"] = training

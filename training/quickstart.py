@@ -1,7 +1,7 @@
 """Quickstart stages: train a small RotNet on Fashion-MNIST, then evaluate it beside random init.
 
-``zoo quickstart`` runs these after the backbone stage (see ``zoo/quickstart.py``). The trained
-checkpoint folder is left in ``ctx.data["checkpoint"]`` for the publish and export stages.
+``zoo quickstart`` runs these after the stages that use shipped weights (see ``zoo/quickstart.py``). The trained
+checkpoint folder is left in ``ctx.data["checkpoint"]`` for the publish stage.
 Budget on 2 CPU cores: about 4-5 minutes for both stages; ``--fast`` takes seconds.
 """
 
@@ -14,8 +14,8 @@ import click
 
 # The quickstart's run: the small recipe's network and optimiser on fewer images and epochs.
 QUICK = dict(limit=6_400, heldout_limit=1_000)
-QUICK_EVAL = dict(train_limit=3_000, test_limit=2_000, probe_epochs=20)
-FAST_EVAL = dict(train_limit=300, test_limit=200, probe_epochs=3)
+QUICK_EVAL = dict(train_limit=3_000, val_size=1_000, test_limit=2_000, probe_epochs=20)
+FAST_EVAL = dict(train_limit=300, val_size=200, test_limit=200, probe_epochs=3)
 
 
 def train_stage(ctx):
@@ -40,21 +40,21 @@ def train_stage(ctx):
 
 
 def eval_stage(ctx):
-    from training.evaluation import print_report, run_protocol
+    from training.evaluation import EvalSettings, evaluate, print_report
     from zoo.quickstart import SummaryRow
 
-    settings = FAST_EVAL if ctx.fast else QUICK_EVAL
+    settings = EvalSettings(**(FAST_EVAL if ctx.fast else QUICK_EVAL))
     rows, reports = [], {}
     for protocol in ("linear", "knn"):
         start = time.perf_counter()
-        report = run_protocol(ctx.data["checkpoint"], protocol, command=f"zoo quickstart{' --fast' if ctx.fast else ''}",
-                              **settings)
+        report = evaluate([ctx.data["checkpoint"]], [protocol], settings=settings, baseline_seeds=1,
+                          command=f"zoo quickstart{' --fast' if ctx.fast else ''}")
         print_report(report)
         reports[protocol] = report
         entry = report["results"][0]
-        rows.append(SummaryRow(f"eval {protocol}", f"best {entry['layer']} {entry['value']:.1f}% vs random-init "
-                               f"{entry['baseline']['random-init']:.1f}% ({entry['dataset']})",
-                               time.perf_counter() - start))
+        rows.append(SummaryRow(f"eval {protocol}", f"{entry['layer']} (chosen on validation) {entry['value']:.1f}% vs "
+                               f"random-init {entry['baseline']['random-init']:.1f}% ({entry['dataset']} "
+                               f"{entry['split']}, {entry['split_size']:,})", time.perf_counter() - start))
     ctx.data["eval"] = reports
     return rows
 

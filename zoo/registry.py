@@ -114,6 +114,10 @@ class ModelEntry:
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
+# "random:NAME" asks for the architecture of NAME with random weights, wherever a model is named
+# (zoo eval, zoo export, zoo extract); a bare NAME always means its published weights.
+RANDOM_PREFIX = "random:"
+
 
 def register_model(entry: ModelEntry) -> ModelEntry:
     if entry.name in _REGISTRY:
