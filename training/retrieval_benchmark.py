@@ -76,7 +76,8 @@ def fmnist_copy(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return copy
 
 
-def split_originals(total: int, originals: int, distractors: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def split_originals(total: int, originals: int, distractors: int,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Disjoint random index sets (originals, distractors) of ``range(total)``, each sorted."""
     if originals + distractors > total:
         raise UsageError(f"{originals} originals + {distractors} distractors exceed the {total} images available")
@@ -89,7 +90,7 @@ def _rgb(grey: np.ndarray) -> np.ndarray:
 
 
 def _fmnist_part(split: str, seed: int):
-    """(database images, query images, positive index per query, source indices) of the Fashion-MNIST part."""
+    """(database images, query images, positive index per query) of the Fashion-MNIST part."""
     source = fashion_mnist(split="test" if split == "test" else "train").images[:, 0].numpy()
     n_orig, n_distr = FMNIST_COUNTS[split]
     rng = np.random.default_rng([seed, SPLITS.index(split), 0])
@@ -98,7 +99,7 @@ def _fmnist_part(split: str, seed: int):
     database = [_rgb(source[i]) for i in in_database]
     positive = np.searchsorted(in_database, originals)
     queries = [fmnist_copy(database[p], rng) for p in positive]
-    return database, queries, positive, in_database
+    return database, queries, positive
 
 
 def _photos_part(split: str, seed: int):
@@ -119,7 +120,7 @@ def retrieval_benchmark(split: str = "test", seed: int = 0) -> RetrievalBenchmar
     seed and cached in memory (treat the returned object as read-only)."""
     if split not in SPLITS:
         raise UsageError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    f_db, f_q, f_pos, _ = _fmnist_part(split, seed)
+    f_db, f_q, f_pos = _fmnist_part(split, seed)
     p_db, p_q, p_pos, names = _photos_part(split, seed)
     database = f_db + p_db
     positive = np.concatenate([f_pos, p_pos + len(f_db)])
@@ -149,11 +150,13 @@ def benchmark_part(bench: RetrievalBenchmark, part: str) -> RetrievalBenchmark:
     new_index = np.full(len(bench.database), -1)
     new_index[keep_db] = np.arange(len(keep_db))
     positives = [new_index[bench.positives[q]] for q in keep_q]
-    database = ImageList([bench.database.images[i] for i in keep_db], range(len(keep_db)), f"{bench.name}-{part} database")
+    database = ImageList([bench.database.images[i] for i in keep_db], range(len(keep_db)),
+                         f"{bench.name}-{part} database")
     queries = ImageList([bench.queries.images[q] for q in keep_q], [int(p[0]) for p in positives],
                         f"{bench.name}-{part} queries")
     return replace(bench, name=f"{bench.name}-{part}", database=database, queries=queries, positives=positives,
-                   part=bench.part[keep_q], database_part=None if bench.database_part is None else bench.database_part[keep_db],
+                   part=bench.part[keep_q],
+                   database_part=None if bench.database_part is None else bench.database_part[keep_db],
                    description=f"{bench.description} (part {part} only)")
 
 
@@ -168,7 +171,8 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1)
 
 
-def query_ap_and_hit(scores: np.ndarray, positives: np.ndarray, candidates: np.ndarray | None = None) -> tuple[float, bool]:
+def query_ap_and_hit(scores: np.ndarray, positives: np.ndarray,
+                     candidates: np.ndarray | None = None) -> tuple[float, bool]:
     """Average precision and recall@1 of one query from its scores over the database.
 
     ``candidates`` (a boolean mask) limits the ranked database. Ties count against the query: a
