@@ -44,3 +44,30 @@ def test_copy_detection_set_is_deterministic_and_strongly_distorted():
     thumbs -= thumbs.mean(1, keepdims=True)
     thumbs /= np.linalg.norm(thumbs, axis=1, keepdims=True)
     assert retrieval_metrics(thumbs, a.groups)["mAP"] < 0.9
+
+
+def test_distortion_strengths_scale_the_steps_for_small_images():
+    from zoo.retrieval import Strengths, distort
+
+    rng = np.random.default_rng(0)
+    image = np.zeros((28, 28, 3), np.uint8)
+    image[::2] = 255  # stripes one pixel wide: any loss of resolution blurs them
+    assert distort(image, rng, ["rotate"]).shape[0] > 28  # photos: the canvas grows to hold the rotation
+    small = Strengths(rotate_degrees=(10, 10), rotate_expand=False, rescale=(0.5, 0.5))
+    assert distort(image, rng, ["rotate"], small).shape == (28, 28, 3)
+    rescaled = distort(image, rng, ["rescale"], small)
+    assert rescaled.shape == image.shape and np.ptp(rescaled.astype(int)) < 128  # the stripes are gone
+    with pytest.raises(UsageError, match="unknown distortion 'melt'"):
+        distort(image, rng, ["melt"])
+
+
+def test_copy_steps_draw_one_step_per_stage_and_sometimes_a_crop_first():
+    from zoo.retrieval import COPY_STAGES, copy_steps
+
+    rng = np.random.default_rng(0)
+    chains = [copy_steps(rng) for _ in range(200)]
+    assert {len(c) for c in chains} == {3, 4}
+    assert all(c[-3] in COPY_STAGES[0] and c[-2] in COPY_STAGES[1] and c[-1] in COPY_STAGES[2] for c in chains)
+    assert all(c[0] == "crop" for c in chains if len(c) == 4)
+    two = [copy_steps(rng, (("flip",), ("jpeg", "blur")), extra_crop=0.0) for _ in range(50)]
+    assert all(c[0] == "flip" and c[1] in ("jpeg", "blur") and len(c) == 2 for c in two)

@@ -18,7 +18,31 @@ import numpy as np
 from zoo.errors import UsageError
 from zoo.photos import load_photos
 
-DISTORTIONS = ("crop", "rotate", "colour", "grey", "blur", "noise", "jpeg", "flip")
+DISTORTIONS = ("crop", "rotate", "colour", "grey", "blur", "noise", "jpeg", "flip", "rescale")
+
+
+@dataclass(frozen=True)
+class Strengths:
+    """The random ranges ``distort`` draws from: (low, high) uniform, except the fixed noise sigma.
+
+    The defaults suit photos a few hundred pixels across (the copy-detection set); small images
+    such as 28x28 Fashion-MNIST need their own (see ``training.retrieval_benchmark``).
+    """
+
+    crop_area: tuple[float, float] = (0.3, 0.7)       # share of the area kept
+    min_crop: int = 8                                 # pixels, per side
+    rotate_degrees: tuple[float, float] = (10, 30)    # either direction
+    rotate_expand: bool = True                        # grow the canvas to hold the whole rotated image
+    saturation: tuple[float, float] = (0.2, 2.0)
+    contrast: tuple[float, float] = (0.5, 1.6)
+    brightness: tuple[float, float] = (0.6, 1.4)
+    blur_radius: tuple[float, float] = (1.5, 3.5)     # Gaussian, pixels
+    noise_sigma: float = 18.0                         # Gaussian, in 0-255 units
+    jpeg_quality: tuple[int, int] = (8, 25)           # integers, high exclusive
+    rescale: tuple[float, float] = (0.3, 0.6)         # shrink each side to this share, then back
+
+
+PHOTO_STRENGTHS = Strengths()
 
 
 @dataclass
@@ -34,38 +58,45 @@ def _pil(image: np.ndarray):
     return Image.fromarray(image)
 
 
-def distort(image: np.ndarray, rng: np.random.Generator, steps: Sequence[str]) -> np.ndarray:
-    """Apply the named distortions in order; random strengths come from ``rng``."""
+def distort(image: np.ndarray, rng: np.random.Generator, steps: Sequence[str],
+            strengths: Strengths = PHOTO_STRENGTHS) -> np.ndarray:
+    """Apply the named distortions in order; random strengths come from ``rng`` within ``strengths``."""
     from PIL import Image, ImageEnhance, ImageFilter
 
+    st = strengths
     img = _pil(image).convert("RGB")
     for step in steps:
         w, h = img.size
-        if step == "crop":  # keep 30-70 % of the area, anywhere in the image
-            scale = np.sqrt(rng.uniform(0.3, 0.7))
-            cw, ch = max(8, int(w * scale)), max(8, int(h * scale))
+        if step == "crop":  # keep a share of the area, anywhere in the image
+            scale = np.sqrt(rng.uniform(*st.crop_area))
+            cw, ch = max(st.min_crop, int(w * scale)), max(st.min_crop, int(h * scale))
             x0, y0 = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
             img = img.crop((int(x0), int(y0), int(x0) + cw, int(y0) + ch))
         elif step == "rotate":
-            img = img.rotate(float(rng.choice([-1, 1]) * rng.uniform(10, 30)), resample=Image.BILINEAR, expand=True)
+            angle = rng.choice([-1, 1]) * rng.uniform(*st.rotate_degrees)
+            img = img.rotate(float(angle), resample=Image.BILINEAR, expand=st.rotate_expand)
         elif step == "colour":
-            img = ImageEnhance.Color(img).enhance(rng.uniform(0.2, 2.0))
-            img = ImageEnhance.Contrast(img).enhance(rng.uniform(0.5, 1.6))
-            img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.6, 1.4))
+            img = ImageEnhance.Color(img).enhance(rng.uniform(*st.saturation))
+            img = ImageEnhance.Contrast(img).enhance(rng.uniform(*st.contrast))
+            img = ImageEnhance.Brightness(img).enhance(rng.uniform(*st.brightness))
         elif step == "grey":
             img = img.convert("L").convert("RGB")
         elif step == "blur":
-            img = img.filter(ImageFilter.GaussianBlur(radius=rng.uniform(1.5, 3.5)))
+            img = img.filter(ImageFilter.GaussianBlur(radius=rng.uniform(*st.blur_radius)))
         elif step == "noise":
-            arr = np.asarray(img, dtype=np.float32) + rng.normal(0, 18, size=(h, w, 3))
+            arr = np.asarray(img, dtype=np.float32) + rng.normal(0, st.noise_sigma, size=(h, w, 3))
             img = Image.fromarray(arr.clip(0, 255).astype(np.uint8))
         elif step == "jpeg":
             buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=int(rng.integers(8, 25)))
+            img.save(buf, format="JPEG", quality=int(rng.integers(*st.jpeg_quality)))
             buf.seek(0)
             img = Image.open(buf).convert("RGB")
         elif step == "flip":
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        elif step == "rescale":  # lose resolution: shrink, then enlarge back to the same size
+            share = rng.uniform(*st.rescale)
+            small = img.resize((max(2, round(w * share)), max(2, round(h * share))), Image.BILINEAR)
+            img = small.resize((w, h), Image.BILINEAR)
         else:
             raise UsageError(f"unknown distortion {step!r}; known: {', '.join(DISTORTIONS)}")
     return np.asarray(img, dtype=np.uint8).copy()
@@ -81,6 +112,20 @@ def _shrink(image: np.ndarray, max_side: int) -> np.ndarray:
     return np.asarray(_pil(image).resize((round(w * scale), round(h * scale)), Image.BILINEAR))
 
 
+# A copy-detection copy: a geometric change, a photometric change and a degradation.
+COPY_STAGES = (("crop", "rotate", "flip"), ("colour", "grey"), ("blur", "noise", "jpeg"))
+
+
+def copy_steps(rng: np.random.Generator, stages: Sequence[Sequence[str]] = COPY_STAGES,
+               extra_crop: float = 0.5) -> list[str]:
+    """One copy's distortion chain: one step drawn from each stage, after a crop with probability
+    ``extra_crop``."""
+    steps = [str(rng.choice(list(stage))) for stage in stages]
+    if rng.random() < extra_crop:
+        steps.insert(0, "crop")
+    return steps
+
+
 def copy_detection_set(copies: int = 7, seed: int = 0, max_side: int = 256,
                        photos: dict[str, np.ndarray] | None = None) -> CopyDetectionSet:
     """Originals plus ``copies`` strongly distorted copies of each shipped photo (deterministic)."""
@@ -93,11 +138,7 @@ def copy_detection_set(copies: int = 7, seed: int = 0, max_side: int = 256,
         original = _shrink(photo, max_side)
         images.append(original), groups.append(g), names.append(name)
         for i in range(copies):
-            # every copy: a geometric change, a photometric change, and a degradation
-            steps = [str(rng.choice(["crop", "rotate", "flip"])), str(rng.choice(["colour", "grey"])),
-                     str(rng.choice(["blur", "noise", "jpeg"]))]
-            if rng.random() < 0.5:
-                steps.insert(0, "crop")
+            steps = copy_steps(rng)
             images.append(distort(original, rng, steps))
             groups.append(g)
             names.append(f"{name}/{i}:{'+'.join(steps)}")
