@@ -164,7 +164,8 @@ def test_eval_of_two_seeds_reports_mean_std_and_validation_choices(tmp_path):
         folders.append(zoo.save_pretrained(model, tmp_path / f"seed{seed}", training={"seed": seed, "seconds": 1.0}))
     out = tmp_path / "report.json"
     res = run_zoo("eval", str(folders[0]), str(folders[1]), "--protocol", "knn", "--train-limit", "300",
-                  "--val-size", "200", "--test-limit", "200", "--baseline-seeds", "2", "--json", str(out),
+                  "--val-size", "200", "--test-limit", "200", "--layers", "block1,block2", "--baseline-seeds", "2",
+                  "--json", str(out),
                   "--record", "--cards", str(tmp_path / "cards"), env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
     assert res.returncode == 0, res.stderr
     report = json.loads(out.read_text())
@@ -175,9 +176,11 @@ def test_eval_of_two_seeds_reports_mean_std_and_validation_choices(tmp_path):
     assert entry["layer_selected_on"].startswith("validation: Fashion-MNIST train, another random 200")
     assert len(entry["baseline_per_seed"]["random-init"]) == 2 and entry["beats_baseline"] in (True, False)
     assert (tmp_path / "cards" / "results" / "rotnet_nin_fmnist.json").is_file()
-    assert len(list((tmp_path / "cache" / "sslzoo" / "eval-baselines").glob("*.json"))) == 2
-    # the same evaluation again reads both baselines from the cache and gives the same numbers
+    assert len(list((tmp_path / "cache" / "sslzoo" / "eval-scores").glob("*.json"))) == 4  # 2 models + 2 baselines
+    # the same evaluation again reads every score from the cache and gives the same numbers
     again = run_zoo("eval", str(folders[0]), str(folders[1]), "--protocol", "knn", "--train-limit", "300",
-                    "--val-size", "200", "--test-limit", "200", "--baseline-seeds", "2", "--json", str(out),
+                    "--val-size", "200", "--test-limit", "200", "--layers", "block1,block2", "--baseline-seeds", "2",
+                    "--json", str(out),
                     env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
-    assert again.returncode == 0 and json.loads(out.read_text())["results"][0]["baseline"] == entry["baseline"]
+    second = json.loads(out.read_text())["results"][0]
+    assert again.returncode == 0 and second["per_seed"] == entry["per_seed"] and second["baseline"] == entry["baseline"]

@@ -29,9 +29,10 @@ checkpoints of the test score at each one's chosen layer, with the sample standa
   their originals among distractors), mAP and recall@1 with bootstrap intervals; the layer is
   chosen on the benchmark's validation variant.
 
-The random-init baseline re-estimates its BatchNorm statistics on real images first, and is cached
-per architecture (``~/.cache/sslzoo/eval-baselines``): every model of one architecture is compared
-with the same random networks.
+The random-init baseline re-estimates its BatchNorm statistics on real images first. Scores are
+cached (``~/.cache/sslzoo/eval-scores``) by the weights' sha256 or the random-init seed and
+architecture, with the protocol, data and settings: every model of one architecture is compared
+with the same random networks, and adding a seed scores only the new checkpoint.
 """
 
 from __future__ import annotations
@@ -472,7 +473,7 @@ def _pair(val: float, test: float, **extra: Any) -> dict[str, Any]:
     return {"val": 100 * val, "test": 100 * test, **extra}
 
 
-def score_layers(feats: _Features, protocol: str, data: EvalData | None) -> Scores:
+def score_layers(feats: _Features, protocol: str, data: EvalData) -> Scores:
     """Every layer's metric(s) for one protocol, measured on the validation and the test data."""
     s = feats.settings
     if protocol == "retrieval":
@@ -530,7 +531,8 @@ def _score_retrieval(feats: _Features) -> Scores:
         database, _ = feats.get(f"{split} retrieval database", bench.database)
         found[split] = {name: benchmark_metrics(F.normalize(queries[name], dim=1).numpy(),
                                                 F.normalize(database[name], dim=1).numpy(), bench.positives,
-                                                bench.part, seed=feats.settings.seed)
+                                                bench.part, seed=feats.settings.seed,
+                                                database_parts=bench.database_part)
                         for name in feats.layers}
     out: Scores = {"map": {}, "r1": {}}
     for key in out:
@@ -580,63 +582,73 @@ def beats_baseline(value: float, std: float | None, baseline: float, baseline_st
 
 
 # ---------------------------------------------------------------------------------------------
-# The random-init baseline, cached: the same architecture gives the same numbers for every model
+# Scores cached by what determines them: a checkpoint's weights (sha256), or a random-init seed of
+# an architecture, with the protocol, layers, data and settings. Every model of one architecture
+# is compared with the same random networks, and re-running an evaluation with more seeds scores
+# only the new checkpoints.
 # ---------------------------------------------------------------------------------------------
 
 def _cache_dir() -> Path:
     import os
 
     root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root).expanduser() / "sslzoo" / "eval-baselines"
+    return Path(root).expanduser() / "sslzoo" / "eval-scores"
 
 
-def _baseline_key(model: nn.Module, protocol: str, layers: Sequence[str], settings: EvalSettings, data: str | None,
-                  seed: int) -> str:
+def _score_key(weights: dict[str, Any], model: nn.Module, protocol: str, layers: Sequence[str],
+               settings: EvalSettings, data: str | None) -> str:
     import dataclasses
     import hashlib
 
-    spec = {"arch": model.entry.arch, "arch_kwargs": dict(getattr(model, "arch_kwargs", {})),
+    spec = {"weights": weights, "arch": model.entry.arch, "arch_kwargs": dict(getattr(model, "arch_kwargs", {})),
             "input": dataclasses.asdict(model.entry.input), "embedding": model.entry.embedding_layer,
             "protocol": protocol, "layers": list(layers), "settings": dataclasses.asdict(settings), "data": data,
-            "seed": seed, "version": EVAL_VERSION, "torch": torch.__version__, "threads": torch.get_num_threads()}
+            "version": EVAL_VERSION, "torch": torch.__version__, "threads": torch.get_num_threads()}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=list).encode()).hexdigest()[:24]
 
 
-def baseline_scores(model: nn.Module, protocols: Sequence[str], layers: Sequence[str], settings: EvalSettings,
-                    data_spec: str | None, data: EvalData | None, seed: int, counter: SkipCounter) -> dict[str, Scores]:
-    """A random-init copy of ``model``'s architecture (BN re-estimated), scored like the model; read
-    from the cache when this architecture, protocol, data and seed were scored before."""
+def cached_scores(weights: dict[str, Any], make_model, protocols: Sequence[str], layers: Sequence[str],
+                  settings: EvalSettings, data_spec: str | None, data: EvalData, counter: SkipCounter,
+                  tag: str) -> dict[str, Scores]:
+    """``score_layers`` of every protocol for one model, read from the cache where these weights
+    (``{"sha256": ...}`` or ``{"random-init": seed}``) were scored the same way before.
+    ``make_model()`` builds the model only when something is missing."""
     from zoo.checkpoint import atomic_write_text
 
-    found, missing = {}, []
+    found, missing, model = {}, [], None
     for protocol in protocols:
-        path = _cache_dir() / f"{_baseline_key(model, protocol, layers, settings, data_spec, seed)}.json"
+        if weights.get("sha256") is None and "random-init" not in weights:
+            missing.append((protocol, None))  # weights without a hash are never cached
+            continue
+        if model is None:
+            model = make_model()
+        path = _cache_dir() / f"{_score_key(weights, model, protocol, layers, settings, data_spec)}.json"
         try:
             found[protocol] = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             missing.append((protocol, path))
     if missing:
-        base = random_init(model.entry.name, dict(getattr(model, "arch_kwargs", {})), seed)
-        calibrate_batchnorm(base, data.train if data is not None else _retrieval_calibration(settings))
-        feats = _Features(base, layers, settings, counter, f"random-init seed {seed}",
-                          _poolings([p for p, _ in missing]))
+        model = model or make_model()
+        feats = _Features(model, layers, settings, counter, tag, _poolings([p for p, _ in missing]))
         for protocol, path in missing:
             found[protocol] = score_layers(feats, protocol, data)
-            try:
-                atomic_write_text(path, json.dumps(found[protocol]) + "\n")
-            except OSError:
-                pass  # a read-only cache only costs time
-    return found
+            if path is not None:
+                try:
+                    atomic_write_text(path, json.dumps(found[protocol]) + "\n")
+                except OSError:
+                    pass  # a read-only cache only costs time
+    return {p: found[p] for p in protocols}
+
+
+def _random_init_maker(model: nn.Module, seed: int, data: EvalData):
+    def make() -> nn.Module:
+        base = random_init(model.entry.name, dict(getattr(model, "arch_kwargs", {})), seed)
+        return calibrate_batchnorm(base, data.train)
+    return make
 
 
 def _poolings(protocols: Sequence[str]) -> list[str]:
     return ["global", "probe"] if "linear" in protocols else ["global"]
-
-
-def _retrieval_calibration(settings: EvalSettings):
-    from training.retrieval_benchmark import retrieval_benchmark
-
-    return retrieval_benchmark("val", seed=settings.seed).database
 
 
 # ---------------------------------------------------------------------------------------------
@@ -675,7 +687,7 @@ def _protocol_text(protocol: str, settings: EvalSettings, train_desc: str, val_d
         return (f"weighted kNN on globally average-pooled features (cosine, k={settings.k}, votes "
                 f"exp(sim/{settings.temperature:g})); memory: {train_desc}; {chosen}")
     if protocol == "retrieval":
-        return (f"copy detection ({bench}): each distorted copy queries the database by cosine similarity of "
+        return (f"{bench}: each distorted copy queries the database by cosine similarity of "
                 f"L2-normalised, globally average-pooled features; its original is the one positive; 95% interval "
                 f"by bootstrap over queries; the layer is chosen on the benchmark's validation variant (built from "
                 f"train-split images), never on the test variant")
@@ -715,22 +727,22 @@ def evaluate(models: Sequence[str], protocols: Sequence[str], data: str | None =
         raise UsageError("the retrieval protocol uses its own copy-detection benchmark; --data does not apply to it")
     loaded = _load_seed_models(models)
     first = loaded[0].model
-    poolings = _poolings(protocols)
     layers = first.resolve_layers(layers)
     command = command or f"zoo eval {' '.join(map(str, models))} --protocol {','.join(protocols)}"
-    needs_data = any(p != "retrieval" for p in protocols)
-    eval_data = evaluation_data(data, settings) if needs_data else None
+    eval_data = evaluation_data(data, settings)  # random-init BN statistics come from its train images, always
     counter = SkipCounter()
     model_scores: list[dict[str, Scores]] = []
     for i, m in enumerate(loaded):
         if m.source == "random-init":
-            calibrate_batchnorm(m.model, eval_data.train if eval_data is not None else _retrieval_calibration(settings))
-        feats = _Features(m.model, layers, settings, counter, f"{m.name} seed {_seed_of(m, i)}", poolings)
-        model_scores.append({p: score_layers(feats, p, eval_data) for p in protocols})
-    base_scores = [baseline_scores(first, protocols, layers, settings, data, eval_data, seed, counter)
+            weights, make = {"random-init": settings.seed}, _random_init_maker(m.model, settings.seed, eval_data)
+        else:
+            weights, make = {"sha256": ((m.config or {}).get("weights") or {}).get("sha256")}, lambda m=m: m.model
+        model_scores.append(cached_scores(weights, make, protocols, layers, settings, data, eval_data, counter,
+                                          f"{m.name} seed {_seed_of(m, i)}"))
+    base_scores = [cached_scores({"random-init": seed}, _random_init_maker(first, seed, eval_data), protocols, layers,
+                                 settings, data, eval_data, counter, f"random-init seed {seed}")
                    for seed in range(baseline_seeds)]
-    train_desc = describe(eval_data.train) if eval_data else ""
-    val_desc = describe(eval_data.val) if eval_data else ""
+    train_desc, val_desc = describe(eval_data.train), describe(eval_data.val)
     results = []
     for protocol in protocols:
         bench = ""
@@ -806,8 +818,7 @@ def _report(loaded: Sequence[LoadedModel], protocols, command, eval_data, counte
         "model": loaded[0].name, "source": loaded[0].source, "sources": [m.source for m in loaded],
         "weights_sha256": (configs[0].get("weights") or {}).get("sha256"), "shipped_seed": _seed_of(loaded[0], 0),
         "seeds": seeds, "protocols": list(protocols), "command": command,
-        "data": {"train": describe(eval_data.train) if eval_data else "", "val": describe(eval_data.val) if eval_data else "",
-                 "test": describe(eval_data.test) if eval_data else ""},
+        "data": {"train": describe(eval_data.train), "val": describe(eval_data.val), "test": describe(eval_data.test)},
         "skipped_images": counter.skipped, "training": configs[0].get("training"), "results": results,
     }
 
