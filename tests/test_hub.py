@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import ROOT
 from hubtools import (
-    FIXTURE_VALUE, assert_same_features, edit_config, features, lay_out_hf_cache, publishable_checkpoint,
-    random_model, rewrite_weights,
+    FIXTURE_VALUE, assert_same_features, assert_same_weights, edit_config, features, lay_out_hf_cache,
+    publishable_checkpoint, random_model, rewrite_weights,
 )
 
 import zoo
@@ -53,6 +53,7 @@ def test_round_trip_through_local_hub_is_bit_identical(arch, tmp_path, isolated_
     loaded = zoo.from_pretrained(repo)
     assert loaded.checkpoint_source.source == "local hub"
     assert loaded.checkpoint_source.path.parent.parent.parent == isolated_hubs / "zoo-hub"
+    assert_same_weights(model, loaded)
     assert_same_features(features(model), features(loaded))
     # Loaded weights stay trainable (fine-tuning), the fixed Sobel front end stays frozen.
     assert all(p.requires_grad != n.startswith("sobel.") for n, p in loaded.named_parameters())
