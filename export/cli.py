@@ -46,7 +46,7 @@ def _mb(path: Path) -> str:
               help="Where to copy the TensorRT engine [default: next to the ONNX file, .engine].")
 def export_cmd(name_or_dir, to_onnx, to_tensorrt, output, layer, pool, input_kind, fp16, int8, opset,
                batch_profile, engine_output):
-    """Export NAME_OR_DIR (a registry name, random-init, or a checkpoint folder) for fast inference.
+    """Export NAME_OR_DIR (a registry name: its published weights; random:NAME; or a checkpoint folder).
 
     The ONNX file takes a batch of resized, centre-cropped images and returns L2-normalised
     embeddings: the model's preprocessing, the pooling and the normalisation are inside it.
@@ -73,8 +73,9 @@ def export_cmd(name_or_dir, to_onnx, to_tensorrt, output, layer, pool, input_kin
     output = output or Path(f"{spec.model}-{spec.layer}-{spec.pool}{suffix}.onnx")
     if output.suffix != ".onnx":
         raise UsageError(f"-o {output}: the ONNX file name must end in .onnx")
-    where = "checkpoint " + str(name_or_dir) if weights == "checkpoint" else "random-init weights (pass a checkpoint folder for trained ones)"
-    click.echo(f"exporting {spec.model} ({where}): {spec.layer} {spec.pool}-pooled, {spec.dim}-d, {precision}")
+    sha = f", weights sha256 {spec.weights_file_sha256[:12]}..." if spec.weights_file_sha256 else ""
+    click.echo(f"exporting {spec.model} ({spec.weights_origin}{sha}): {spec.layer} {spec.pool}-pooled, {spec.dim}-d, "
+               f"{precision}")
 
     with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as work:
         fp32_path = output if precision == "fp32" else Path(work) / "fp32.onnx"

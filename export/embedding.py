@@ -61,14 +61,17 @@ class EmbeddingSpec:
 
     model: str  # registry name
     source: str  # registry name or checkpoint folder it was built from
-    weights: str  # "random-init" or "checkpoint"
+    weights: str  # "checkpoint" (a folder), "published" (a registry name's weights) or "random-init"
     weights_sha256: str  # of the state dict actually exported
+
     layer: str
     pool: str  # avg | gem | max, or "none" for a fully connected layer (already a vector)
     input_kind: str
     input: InputSpec
     dim: int
     precision: str = "fp32"  # fp32 | fp16 | int8
+    weights_origin: str = ""  # e.g. "shipped sslzoo/simclr-resnet-small-fmnist@main (...)", "random-init"
+    weights_file_sha256: str = ""  # sha256 of model.safetensors, as config.json and the model card record it
 
     def input_shape(self, batch: int | str = "N") -> tuple:
         s = self.input.size
@@ -147,18 +150,37 @@ def state_dict_sha256(model: nn.Module) -> str:
 
 
 def load_backbone(name_or_dir: str) -> tuple[nn.Module, str]:
-    """A registry name (random-init unless a checkpoint is given) or a checkpoint folder.
+    """A checkpoint folder, a registry name (its published weights) or ``random:NAME``.
 
-    Returns the eval-mode backbone and ``"checkpoint"`` or ``"random-init"``.
+    Returns the eval-mode backbone and ``"checkpoint"``, ``"published"`` or ``"random-init"``. A
+    registry name whose weights are nowhere to be found is a one-line error, never random weights.
     """
     from pathlib import Path
 
     import zoo
+    from zoo.registry import RANDOM_PREFIX
 
     if Path(name_or_dir).is_dir():
         return zoo.from_pretrained(name_or_dir).eval(), "checkpoint"
-    torch.manual_seed(0)  # random-init exports are reproducible
-    return zoo.create_model(name_or_dir).eval(), "random-init"
+    if name_or_dir.startswith(RANDOM_PREFIX):
+        torch.manual_seed(0)  # random-init exports are reproducible
+        return zoo.create_model(name_or_dir[len(RANDOM_PREFIX):]).eval(), "random-init"
+    try:
+        return zoo.create_model(name_or_dir, pretrained=True).eval(), "published"
+    except zoo.WeightsNotAvailableError as err:
+        raise zoo.WeightsNotAvailableError(f"{err}; `{RANDOM_PREFIX}{name_or_dir}` uses random weights") from None
+
+
+def weights_description(backbone: nn.Module, weights: str) -> tuple[str, str]:
+    """Where the weights came from (one phrase) and the sha256 of their file, for metadata."""
+    config = getattr(backbone, "checkpoint_config", None) or {}
+    file_sha = (config.get("weights") or {}).get("sha256", "")
+    resolved = getattr(backbone, "checkpoint_source", None)
+    if weights == "random-init" or resolved is None:
+        return "random-init", file_sha
+    if resolved.source == "local folder":
+        return f"checkpoint folder {resolved.path}", file_sha
+    return f"{resolved.source} {resolved.repo}@{resolved.revision} ({resolved.path})", file_sha
 
 
 def build_embedding_model(backbone: nn.Module, source: str, weights: str, layer: str | None = None,
@@ -172,9 +194,11 @@ def build_embedding_model(backbone: nn.Module, source: str, weights: str, layer:
         feats = model.features(model.example_input(2))
     pooled = feats.dim() == 4  # fully connected layers (fc6, fc7) are vectors already
     dim = feats.shape[1]
+    origin, file_sha = weights_description(backbone, weights)
     spec = EmbeddingSpec(model=entry.name, source=str(source), weights=weights, weights_sha256=sha,
                          layer=layer, pool=pool if pooled else "none", input_kind=input_kind, input=entry.input,
-                         dim=int(dim), precision="fp16" if half else "fp32")
+                         dim=int(dim), precision="fp16" if half else "fp32", weights_origin=origin,
+                         weights_file_sha256=file_sha)
     return model, spec
 
 

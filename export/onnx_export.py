@@ -95,6 +95,8 @@ def write_metadata(proto, spec: EmbeddingSpec) -> None:
         "precision": spec.precision,
         "weights": spec.weights,
         "weights_sha256": spec.weights_sha256,
+        "weights_origin": spec.weights_origin,
+        "weights_file_sha256": spec.weights_file_sha256,
         "sslzoo_version": __version__,
     }
     keep = [p for p in proto.metadata_props if p.key not in flat]

@@ -1,6 +1,7 @@
 """ONNX export of every backbone family, checked against PyTorch on the shipped photos."""
 
 import dataclasses
+import json
 
 import numpy as np
 import onnx
@@ -35,7 +36,7 @@ FAMILIES = {
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def exported(request, tmp_path_factory):
     name = request.param
-    backbone, weights = load_backbone(name)
+    backbone, weights = load_backbone(f"random:{name}")
     model, spec = build_embedding_model(backbone, name, weights, **FAMILIES[name])
     path = export_onnx(model, spec, tmp_path_factory.mktemp("onnx") / f"{name}.onnx")
     return name, model, spec, path
@@ -69,7 +70,7 @@ def test_metadata_round_trips(exported):
 def test_graph_embeds_the_reference_preprocessing():
     """ONNX on raw float crops == backbone on zoo.preprocess output, pooled and normalised by hand."""
     for name in ("rotnet_nin_fmnist", "deepcluster_alexnet"):  # grey conversion; Sobel from RGB
-        backbone, weights = load_backbone(name)
+        backbone, weights = load_backbone(f"random:{name}")
         model, spec = build_embedding_model(backbone, name, weights, layer="block3" if "nin" in name else "conv3",
                                             input_kind="float")
         photos = list(load_photos(limit=3).values())
@@ -94,7 +95,7 @@ def test_uint8_decoding_is_within_one_grey_level_of_the_reference():
 
 @pytest.fixture(scope="module")
 def nin_fp32(tmp_path_factory):
-    backbone, weights = load_backbone("rotnet_nin_cifar10")
+    backbone, weights = load_backbone("random:rotnet_nin_cifar10")
     model, spec = build_embedding_model(backbone, "rotnet_nin_cifar10", weights)
     return model, spec, export_onnx(model, spec, tmp_path_factory.mktemp("nin") / "nin.onnx")
 
@@ -116,9 +117,9 @@ def test_int8_is_quantised_close_and_keeps_copy_detection_map(nin_fp32, tmp_path
 
 
 def test_fp16_export_has_half_weights_and_float32_output(tmp_path):
-    backbone, weights = load_backbone("simclr_resnet_small_fmnist")
+    backbone, weights = load_backbone("random:simclr_resnet_small_fmnist")
     ref_model, _ = build_embedding_model(backbone, "simclr_resnet_small_fmnist", weights)
-    backbone16, _ = load_backbone("simclr_resnet_small_fmnist")
+    backbone16, _ = load_backbone("random:simclr_resnet_small_fmnist")
     model16, spec16 = build_embedding_model(backbone16, "simclr_resnet_small_fmnist", weights, half=True)
     path = export_onnx(model16, spec16, tmp_path / "half.onnx")
     proto = onnx.load(str(path))
@@ -136,7 +137,7 @@ def test_open_engine_refuses_torch_on_an_onnx_file(nin_fp32):
 
 def test_cli_export_reports_the_difference_and_writes_metadata(tmp_path):
     out = tmp_path / "nin.onnx"
-    res = run_zoo("export", "rotnet_nin_fmnist", "--onnx", "-o", str(out), "--pool", "max", "--layer", "block3",
+    res = run_zoo("export", "random:rotnet_nin_fmnist", "--onnx", "-o", str(out), "--pool", "max", "--layer", "block3",
                   "--opset", "18")
     assert res.returncode == 0, res.stderr
     assert "random-init" in res.stdout and "max |ONNX Runtime - PyTorch fp32|" in res.stdout
@@ -156,6 +157,8 @@ def test_cli_export_from_a_checkpoint_folder(tmp_path):
     assert res.returncode == 0, res.stderr
     spec = read_metadata(out)
     assert spec.weights == "checkpoint" and spec.source == str(tmp_path / "ckpt")
+    assert spec.weights_origin == f"checkpoint folder {tmp_path / 'ckpt'}"
+    assert spec.weights_file_sha256 == json.loads((tmp_path / "ckpt" / "config.json").read_text())["weights"]["sha256"]
     from export.embedding import state_dict_sha256
 
     assert spec.weights_sha256 == state_dict_sha256(model)
@@ -165,7 +168,7 @@ def test_cli_export_from_a_checkpoint_folder(tmp_path):
     (("rotnet_nin_fmnist",), 2, "--onnx"),
     (("rotnet_nin_fmnist", "--onnx", "--fp16", "--int8"), 2, "pick one"),
     (("rotnet_nin_fmnst", "--onnx"), 2, "did you mean 'rotnet_nin_fmnist'"),
-    (("rotnet_nin_fmnist", "--onnx", "--layer", "conv9"), 2, "unknown layer 'conv9'"),
+    (("random:rotnet_nin_fmnist", "--onnx", "--layer", "conv9"), 2, "unknown layer 'conv9'"),
     (("rotnet_nin_fmnist", "--onnx", "--tensorrt"), 3, "use --engine onnx"),
 ])
 def test_cli_export_errors_are_one_line(args, code, needle, tmp_path):

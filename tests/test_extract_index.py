@@ -24,7 +24,7 @@ from export.onnx_export import export_onnx
 
 @pytest.fixture(scope="module")
 def onnx_model(tmp_path_factory):
-    backbone, weights = load_backbone("rotnet_nin_fmnist")
+    backbone, weights = load_backbone("random:rotnet_nin_fmnist")
     model, spec = build_embedding_model(backbone, "rotnet_nin_fmnist", weights, layer="block2")
     return export_onnx(model, spec, tmp_path_factory.mktemp("m") / "nin.onnx")
 

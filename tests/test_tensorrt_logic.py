@@ -72,7 +72,7 @@ def test_onnxruntime_gpu_providers_are_gated(tmp_path):
     from export.engines import OnnxRuntimeEngine
     from export.onnx_export import export_onnx
 
-    backbone, weights = load_backbone("rotnet_nin_fmnist")
+    backbone, weights = load_backbone("random:rotnet_nin_fmnist")
     model, spec = build_embedding_model(backbone, "rotnet_nin_fmnist", weights, layer="block1")
     path = export_onnx(model, spec, tmp_path / "m.onnx")
     import onnxruntime as ort

@@ -72,8 +72,12 @@ def list_cmd(as_json: bool, method: str | None):
     if as_json:
         click.echo(json.dumps([e.to_dict() for e in entries], indent=2))
         return
-    rows = [(e.name, e.method, e.arch, e.pretrain_data, _fmt_input(e.input), e.weights.status) for e in entries]
+    from zoo.hub import weights_origin
+
+    rows = [(e.name, e.method, e.arch, e.pretrain_data, _fmt_input(e.input), weights_origin(e.name)) for e in entries]
     print_table(("model", "method", "architecture", "data", "input", "weights"), rows)
+    click.echo("\nweights: shipped = inside sslzoo, loads offline; local hub = $ZOO_HUB; HF Hub = downloaded once; "
+               "original release = the authors' file, converted (`zoo fetch NAME`); none = random init only")
 
 
 @cli.command()
@@ -137,6 +141,18 @@ def publish(directory, repo, local_hub, hf, revision, private, message):
     click.echo(f"published {repo}@{done.revision} to {where}: {', '.join(done.files)}")
     if done.url:
         click.echo(done.url)
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--cards-dir", default=None, type=click.Path(file_okay=False), help="[default: the repository's MODEL_CARDS].")
+def ship(directory, cards_dir):
+    """Ship a checkpoint folder inside sslzoo (maintainers): its weights must be the ones the results
+    file of its model card records; the older shipped version of that model is replaced."""
+    from zoo.hub import ship as ship_checkpoint
+
+    target, snapshot_id = ship_checkpoint(directory, cards_dir=cards_dir)
+    click.echo(f"shipped {directory} -> {target} (snapshot {snapshot_id[:12]})")
 
 
 @cli.command()

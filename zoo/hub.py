@@ -5,7 +5,9 @@
 1. a local checkpoint folder (``config.json`` + ``model.safetensors``);
 2. the local hub, a folder of published checkpoints that needs no account and no network
    (``$ZOO_HUB``, default ``~/.cache/sslzoo/hub``; see ``LocalHub`` for the layout);
-3. the Hugging Face Hub through ``huggingface_hub.snapshot_download``: its cache, revision pinning,
+3. the shipped weights: the checkpoints whose numbers the model cards carry travel inside the
+   package (``zoo/shipped``, the same layout, read-only), so they load offline on a fresh clone;
+4. the Hugging Face Hub through ``huggingface_hub.snapshot_download``: its cache, revision pinning,
    ``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` and the token from its usual places.
 
 A registry model name (``"rotnet_alexnet"``) stands for its entry's ``weights.hub_repo``.
@@ -54,6 +56,14 @@ def check_revision(revision: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # The local hub
 # ----------------------------------------------------------------------------------------------
+
+# The embedded hub: checkpoints that ship with sslzoo (written only by `zoo ship`, read-only otherwise).
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+
+
+def shipped_hub() -> "LocalHub":
+    return LocalHub(SHIPPED_DIR)
+
 
 def default_hub_dir() -> Path:
     """``$ZOO_HUB``, else ``$XDG_CACHE_HOME/sslzoo/hub``, else ``~/.cache/sslzoo/hub``."""
@@ -174,7 +184,7 @@ def _fsync_dir(path: Path) -> None:
 @dataclass(frozen=True)
 class Resolved:
     path: Path     # a folder holding config.json and model.safetensors
-    source: str    # "local folder", "local hub", "huggingface"
+    source: str    # "local folder", "local hub", "shipped", "huggingface"
     repo: str = ""
     revision: str = ""
 
@@ -235,7 +245,65 @@ def _resolve_repo(repo: str, revision: str | None, *, download: bool, hub: Local
     local = hub.snapshot(repo, revision)
     if local is not None:
         return Resolved(local, "local hub", repo, revision)
+    shipped = shipped_hub().snapshot(repo, revision)
+    if shipped is not None:
+        return Resolved(shipped, "shipped", repo, revision)
     return Resolved(_hf_snapshot(repo, revision, download=download, hub=hub), "huggingface", repo, revision)
+
+
+def weights_origin(name: str) -> str:
+    """Where ``create_model(name, pretrained=True)`` would take the weights from, without loading
+    or downloading anything: "local hub", "shipped", "HF Hub", "original release" or "none"."""
+    from zoo.registry import get_model_entry
+
+    weights = get_model_entry(name).weights
+    try:
+        if LocalHub().snapshot(weights.hub_repo, weights.revision) is not None:
+            return "local hub"
+    except WeightsError:
+        return "local hub (damaged ref)"
+    if shipped_hub().snapshot(weights.hub_repo, weights.revision) is not None:
+        return "shipped"
+    if weights.status == "published":
+        return "HF Hub"
+    if weights.original_url:
+        return "original release"
+    return "none"
+
+
+def ship(directory: str | os.PathLike, cards_dir: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """Put a checkpoint whose numbers a results file records into the shipped weights (maintainers).
+
+    Only weights that carry numbers ship: ``<cards>/results/<name>.json`` must record this file's
+    sha256. The card is rendered into a staging copy (the source folder is not touched), the
+    snapshot is published into ``zoo/shipped`` and older snapshots of the repo are removed, so
+    the repository holds one version of each shipped model.
+    """
+    from zoo.cards import load_results, write_checkpoint_card
+    from zoo.checkpoint import load_checkpoint_folder
+
+    directory = Path(directory)
+    model = load_checkpoint_folder(directory)  # verifies the weights against their sha256
+    config = model.checkpoint_config
+    name, sha = config["name"], config["weights"]["sha256"]
+    results = load_results(name, cards_dir)
+    if results is None or results.get("weights_sha256") != sha:
+        recorded = (results or {}).get("weights_sha256") or "none"
+        raise UsageError(f"{directory} ({name}, sha256 {sha[:12]}...) carries no recorded numbers (the results file "
+                         f"records {recorded[:12]}...); only the weights the model card's numbers were measured on ship")
+    repo = model.entry.weights.hub_repo
+    hub = shipped_hub()
+    with tempfile.TemporaryDirectory() as staging:
+        for file_name in (CONFIG_NAME, WEIGHTS_NAME):
+            shutil.copyfile(directory / file_name, Path(staging) / file_name)
+        write_checkpoint_card(staging, cards_dir=cards_dir)
+        validate_checkpoint(staging)
+        target, snapshot_id = hub.publish(Path(staging), repo, model.entry.weights.revision)
+    for old in (hub.repo_dir(repo) / "snapshots").iterdir():
+        if old.name != snapshot_id:
+            shutil.rmtree(old)
+    shutil.rmtree(hub.repo_dir(repo) / ".incoming", ignore_errors=True)
+    return target, snapshot_id
 
 
 def _hf_snapshot(repo: str, revision: str, *, download: bool, hub: LocalHub) -> Path:
