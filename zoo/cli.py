@@ -143,6 +143,23 @@ def publish(directory, repo, local_hub, hf, revision, private, message):
         click.echo(done.url)
 
 
+@cli.command("results")
+@click.option("--ranking", is_flag=True, help="The papers' ImageNet linear probe beside ours, with Kendall's tau.")
+@click.option("--cards-dir", default=None, type=click.Path(file_okay=False), help="[default: the repository's MODEL_CARDS].")
+def results_cmd(ranking, cards_dir):
+    """Print every model's recorded results as one markdown table (mean ± std over seeds; bold: beats
+    random init by more than two standard deviations), or the ranking against the papers."""
+    from zoo import tables
+
+    if ranking:
+        click.echo(tables.ranking_table(cards_dir=cards_dir), nl=False)
+        return
+    click.echo(tables.results_table(cards_dir), nl=False)
+    counts = tables.beats_count(cards_dir)
+    click.echo("\nbeat random init by more than two standard deviations: "
+               + "; ".join(f"{protocol} {won} of {total}" for protocol, (won, total) in counts.items()))
+
+
 @cli.command()
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--cards-dir", default=None, type=click.Path(file_okay=False), help="[default: the repository's MODEL_CARDS].")
