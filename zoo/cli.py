@@ -116,7 +116,7 @@ def info(name: str, as_json: bool):
     for layer, shape in shapes.items():
         click.echo(f"    {layer:<8} {' x '.join(map(str, shape))}")
     for r in entry.paper_results:
-        click.echo(f"  paper         {r.dataset} {r.metric} {r.value} ({r.protocol}; {r.source})")
+        click.echo(f"  paper         {r.dataset} ({r.split}) {r.metric} {r.value:g}: {r.protocol} ({r.source}, {r.url})")
 
 
 @cli.command()
