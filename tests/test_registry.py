@@ -51,3 +51,21 @@ def test_paper_results_need_the_url_they_were_read_at():
 
     with pytest.raises(ValueError, match="needs the https URL it was read at"):
         PaperResult("image-classification", "ImageNet-1k", "top-1", 50.0, "linear probe", "a README", "")
+
+
+def test_one_imagenet_linear_reference_per_trainable_method():
+    from training.methods import METHODS
+    from zoo.registry import IMAGENET_LINEAR_REFERENCE
+
+    assert set(IMAGENET_LINEAR_REFERENCE) == set(METHODS)
+    for method, ref in IMAGENET_LINEAR_REFERENCE.items():
+        if ref.result is None:  # no number: one line saying why
+            assert ref.reason and "\n" not in ref.reason, method
+            continue
+        r = ref.result
+        assert (r.dataset, r.split, r.metric, r.task) == ("ImageNet-1k", "validation", "top-1", "image-classification")
+        assert r.url.startswith("https://") and not ref.reason
+        assert any(arch in r.protocol for arch in ("ResNet-50", "AlexNet")), method  # the architecture is named
+    resnet50 = [m for m, ref in IMAGENET_LINEAR_REFERENCE.items() if ref.result and "ResNet-50" in ref.result.protocol]
+    assert len(resnet50) >= 7  # one architecture across methods where the papers allow
+    assert IMAGENET_LINEAR_REFERENCE["npid"].result.value == 54.99  # the converted release, not the "update" file

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from torch import nn
 
@@ -480,3 +480,47 @@ _ours("iic_resnet_small_fmnist", "resnet_small", "iic", IIC,
 _ours("deepercluster_resnet_small_fmnist", "resnet_small", "deepercluster", DEEPERCLUSTER,
       "A small 32x32 ResNet trained on Fashion-MNIST with DeeperCluster by sslzoo's small recipe.", **_SMALL_RESNET)
 
+
+# --------------------------------------------------------------------------------------------
+# One reported ImageNet-1k linear-probe top-1 per trainable method, for ranking the methods side by
+# side (README). ResNet-50 wherever a ResNet-50 number was found; each protocol names the
+# architecture. Where there is no such number the result is None and the reason says why.
+# --------------------------------------------------------------------------------------------
+
+class LinearReference(NamedTuple):
+    result: PaperResult | None
+    reason: str = ""  # why there is no result
+
+
+def _reference(entry_name: str, value: float, protocol: str) -> LinearReference:
+    """Registry entry ``entry_name``'s paper result ``value`` (one number, written in one place),
+    with the protocol worded for the comparison across methods."""
+    result = next(r for r in get_model_entry(entry_name).paper_results if r.value == value)
+    return LinearReference(dataclasses.replace(result, protocol=protocol))
+
+
+IMAGENET_LINEAR_REFERENCE: dict[str, LinearReference] = {
+    "rotnet": LinearReference(_in1k(
+        48.2, "ResNet-50 trained with RotNet by VISSL (105 epochs), linear classifier on frozen res5 features; the "
+              "authors' own ImageNet models are AlexNets", "VISSL MODEL_ZOO.md", f"{_VISSL_MODEL_ZOO}#L118")),
+    "deepcluster": _reference("deepcluster_alexnet", 37.88, "AlexNet, the authors' release (they release AlexNet and "
+                                                            f"VGG-16, no ResNet-50): {_VISSL_ALEXNET}"),
+    "sela": _reference("sela_resnet50", 61.5, "ResNet-50, 10 heads of 3,000 clusters, linear probe ('LP Acc')"),
+    "iic": LinearReference(None, "IIC reports clustering accuracy on STL-10, CIFAR and MNIST, no ImageNet linear "
+                                 "probe."),
+    "deepercluster": LinearReference(None, "DeeperCluster's ImageNet linear probes (a VGG-16 trained on YFCC100M) are "
+                                           "in the paper's tables, which were not read here; the abstract's 74.9 is "
+                                           "supervised fine-tuning."),
+    "simclr": _reference("simclr_resnet50", 69.1, "ResNet-50 (1x), linear classifier on the frozen network "
+                                                  "(released checkpoint)"),
+    "npid": _reference("npid_resnet50", 54.99, f"ResNet-50, original release (4,096 negatives, NCE): {_VISSL_RESNET}"),
+    "byol": _reference("byol_resnet50", 74.3, "ResNet-50, linear evaluation"),
+    "multigrain": LinearReference(None, "MultiGrain is trained with ImageNet labels: its 77.4 is supervised accuracy, "
+                                        "not a linear probe of self-supervised features."),
+    "pirl": _reference("pirl_resnet50", 62.9, "ResNet-50, 200 epochs, single-crop linear evaluation (released "
+                                              "checkpoint)"),
+    "proxynca": LinearReference(None, "Proxy-NCA is supervised metric learning evaluated by retrieval on CUB, Cars "
+                                      "and SOP, with no ImageNet linear probe."),
+    "cpc": _reference("cpc_resnet50", 63.8, "ResNet-50, linear classification, as transcribed from the paper by Papers "
+                                            "with Code (the paper's table was not read here)"),
+}
