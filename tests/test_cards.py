@@ -73,7 +73,7 @@ def test_paper_numbers_are_the_corrected_ones_with_what_they_measured():
     # 79.3 is the abstract's headline, not joint_3B_0.5.pth
     assert [v for v, _ in numbers["multigrain_resnet50"]] == [77.4, 78.6] and "p*=4" in numbers["multigrain_resnet50"][1][1]
     (value, protocol), = numbers["sela_alexnet"]
-    assert value == 43.8 and "not this 10x3k-with-rotation file" in protocol
+    assert value == 43.8 and "not a number for this 10x3k-with-rotation file" in protocol
     assert "not this released one" in numbers["rotnet_alexnet"][0][1]
     rotnet = str(render_card("rotnet_alexnet"))
     assert "paper's recipe" not in rotnet and "not the one used in the paper" in rotnet

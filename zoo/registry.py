@@ -306,8 +306,9 @@ _release("sela_alexnet", "alexnet_sela", "sela", SELA,
          url=f"{_SELA_ASSETS}/pretrained.zip", file="alexnet-10x3k-wRot.pth",
          note="This file is the AlexNet with 10 heads of 3,000 clusters retrained with rotation prediction; "
               "the authors' README gives no number for it.",
-         results=(_in1k(43.8, "linear probe, best layer, of the README's 'AlexNet 10k' model: another SeLa AlexNet, "
-                              "not this 10x3k-with-rotation file", "self-label README", f"{_SELA_README}#L31"),))
+         results=(_in1k(43.8, "linear probe ('LP Acc') of the README's 'AlexNet 10k' row, which names no rotation "
+                              "retraining: not a number for this 10x3k-with-rotation file", "self-label README",
+                        f"{_SELA_README}#L31"),))
 _release("sela_resnet50", "resnet50", "sela", SELA,
          "https://github.com/yukimasano/self-label", "mit",
          "ResNet-50 trained with SeLa (10 heads of 3,000 clusters).",
