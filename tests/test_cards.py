@@ -150,10 +150,11 @@ def test_user_checkpoint_card_names_its_own_repo_and_no_recipe(tmp_path):
     model.save_pretrained(ckpt)  # no `training` in config.json: these weights went through no recipe
     assert zoo_main(["card", "--checkpoint", str(ckpt), "--repo", "alice/my-rotnet"]) == 0
     text = (ckpt / "README.md").read_text()
-    assert "published as `alice/my-rotnet`" in text and 'zoo.from_pretrained("alice/my-rotnet")' in text
+    assert "Its Hub repo is `alice/my-rotnet`" in text and 'zoo.from_pretrained("alice/my-rotnet")' in text
     assert "sslzoo/rotnet-nin-fmnist" not in text and "torch.hub.load" not in text
     assert "These are not the registry's weights of `rotnet_nin_fmnist`" in text
     assert "records neither a training run nor a conversion" in text
+    assert "| Pretraining data | not recorded in config.json |" in text and "by sslzoo's small recipe" not in text
     assert "Trained by" not in text and "recipe" not in text.split("## Pretraining")[1].split("## Preprocessing")[0]
     assert "Regenerate with `zoo card rotnet_nin_fmnist --checkpoint mine --repo alice/my-rotnet`" in text
 
@@ -174,7 +175,7 @@ def test_checkpoint_of_the_registry_weights_defaults_to_the_registry_repo(tmp_pa
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     results = {**load_results("rotnet_nin_fmnist"), "weights_sha256": config["weights"]["sha256"]}
     text = str(render_card("rotnet_nin_fmnist", results=results, checkpoint_config=config, checkpoint_dir="ckpt"))
-    assert "published as `sslzoo/rotnet-nin-fmnist`" in text and "These are the registry's weights" in text
+    assert "Its Hub repo is `sslzoo/rotnet-nin-fmnist`" in text and "These are the registry's weights" in text
     assert 'torch.hub.load("sslzoo/sslzoo", "rotnet_nin_fmnist"' in text
 
 

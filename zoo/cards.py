@@ -352,7 +352,7 @@ def _sections(entry: ModelEntry, results: dict | None, ours: list[Result], ours_
     if ckpt:
         command = f"zoo card {name} --checkpoint {ckpt.folder}" + (f" --repo {ckpt.repo}" if ckpt.repo else "")
         weights_row = (f"checkpoint `{ckpt.folder}`, sha256 `{ckpt.sha256[:12]}...`, "
-                       + (f"published as `{ckpt.repo}`" if ckpt.repo else "no Hub repo named yet"))
+                       + (f"Hub repo `{ckpt.repo}`" if ckpt.repo else "no Hub repo named yet"))
     else:
         command = f"zoo card {name}"
         available = weights_availability(entry, results)
@@ -361,13 +361,17 @@ def _sections(entry: ModelEntry, results: dict | None, ours: list[Result], ours_
            f" Regenerate with `{command}`. -->"]
 
     kwargs_text = ", ".join(f"{k}={v!r}" for k, v in sorted(arch_kwargs.items()))
-    out.append(f"# {name}\n\n{entry.description}\n\n"
+    data = _pretrain_data(entry, ckpt)
+    description = entry.description if ckpt is None or ckpt.registry else (
+        f"A checkpoint of the `{entry.arch}` architecture of sslzoo's `{name}`; this card describes these weights, "
+        "not the registry's.")
+    out.append(f"# {name}\n\n{description}\n\n"
                "| | |\n|---|---|\n"
                f"| Method | {method_name}: [{entry.paper.title}]({entry.paper.url}) ({entry.paper.authors}, "
                f"{entry.paper.venue}) |\n"
                f"| Architecture | `{entry.arch}`{f' ({kwargs_text})' if kwargs_text else ''}, "
                f"{n_params / 1e6:.2f} M parameters |\n"
-               f"| Pretraining data | {entry.pretrain_data} |\n"
+               f"| Pretraining data | {data or 'not recorded in config.json'} |\n"
                f"| Weights | {weights_row} |\n"
                + (f"| Original release | {entry.weights.origin} |\n" if entry.weights.origin else "")
                + f"| License | {entry.license} |")
@@ -419,13 +423,22 @@ _STANDARD_CONFIG_KEYS = {"format", "sslzoo_version", "name", "arch", "arch_kwarg
                          "input", "feature_layers", "embedding", "weights"}
 
 
+def _pretrain_data(entry: ModelEntry, ckpt: _Checkpoint | None) -> str:
+    """What the weights were pretrained on, as far as sslzoo knows ("" when a checkpoint does not say)."""
+    if ckpt is None or ckpt.registry:
+        return entry.pretrain_data
+    if ckpt.config.get("training"):
+        return str(ckpt.config["training"].get("data") or entry.pretrain_data)
+    return entry.pretrain_data if ckpt.config.get("conversion") else ""
+
+
 def _weights_section(entry: ModelEntry, results: dict | None, ckpt: _Checkpoint | None) -> str:
     if ckpt is None:
         return f"## Weights\n\n{weights_availability(entry, results).text}"
     text = [f"This card describes the checkpoint `{ckpt.folder}`: `{ckpt.config['weights'].get('file', 'model.safetensors')}`, "
             f"sha256 `{ckpt.sha256}`."]
     if ckpt.repo:
-        text.append(f"It is published as `{ckpt.repo}` (`zoo publish {ckpt.folder} --repo {ckpt.repo}`).")
+        text.append(f"Its Hub repo is `{ckpt.repo}`: `zoo publish {ckpt.folder} --repo {ckpt.repo}` puts it there.")
     else:
         text.append(f"No Hub repo is named for it yet: render this card with `zoo card {entry.name} --checkpoint "
                     f"{ckpt.folder} --repo ORG/NAME`, then `zoo publish {ckpt.folder} --repo ORG/NAME`.")
@@ -661,8 +674,11 @@ def _limitations(entry: ModelEntry, results: dict | None, ckpt: _Checkpoint | No
         out.append("Trained with ImageNet labels; not a self-supervised model.")
     out.append("Features depend on the exact preprocessing above; other resizing, colour handling or "
                "normalisation changes the numbers.")
-    out.append(f"Pretrained on {entry.pretrain_data}; its biases and the pretext task's blind spots carry over "
-               "to the features.")
+    data = _pretrain_data(entry, ckpt)
+    if data:
+        out.append(f"Pretrained on {data}; its biases and the pretext task's blind spots carry over to the features.")
+    else:
+        out.append("What these weights were trained on is not recorded; their biases are unknown to sslzoo.")
     return out
 
 def _layer_shapes(name: str, arch_kwargs: dict[str, Any]) -> tuple[dict[str, tuple[int, ...]], int]:
