@@ -37,7 +37,8 @@ def test_one_entrypoint_per_registry_model_with_its_numbers():
     entrypoints = sorted(n for n in dir(hubconf) if callable(getattr(hubconf, n)) and not n.startswith("_"))
     assert entrypoints == zoo.list_models()  # what torch.hub.list shows
     doc = hubconf.rotnet_alexnet.__doc__
-    assert "39.51" in doc and "VISSL linear probe" in doc and "54.4" in doc and "pretrained" in doc
+    assert "39.51 (VISSL MODEL_ZOO.md)" in doc and "54.4 (RotNet paper, abstract)" in doc and "pretrained" in doc
+    assert "Weights: download by hand, then `zoo convert`" in doc
     assert "sslzoo results: none yet" in hubconf.npid_resnet18.__doc__
     model = hubconf.rotnet_nin_fmnist(num_blocks=3)  # **kwargs reach the architecture
     assert model.feature_layers == ("block1", "block2", "block3")

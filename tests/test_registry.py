@@ -11,8 +11,8 @@ def test_registry_lists_models_with_complete_entries():
         e = get_model_entry(name)
         assert e.weights.hub_repo.startswith("sslzoo/") and e.paper.url.startswith("https://arxiv.org/")
         assert e.input.channels == len(e.input.mean) == len(e.input.std)
-        for r in e.paper_results:
-            assert r.protocol and r.source  # a paper number always says how and where
+        for r in e.paper_results:  # a paper number always says how, who reported it and where it was read
+            assert r.protocol and r.source and r.url.startswith("https://") and r.split
 
 
 def test_list_models_by_method():
@@ -44,3 +44,28 @@ def test_bad_architecture_argument_is_a_usage_error():
 def test_pretrained_without_published_weights_says_so():
     with pytest.raises(WeightsNotAvailableError, match="no published weights yet"):
         create_model("rotnet_alexnet", pretrained=True)
+
+
+def test_paper_results_need_the_url_they_were_read_at():
+    from zoo.registry import PaperResult
+
+    with pytest.raises(ValueError, match="needs the https URL it was read at"):
+        PaperResult("image-classification", "ImageNet-1k", "top-1", 50.0, "linear probe", "a README", "")
+
+
+def test_one_imagenet_linear_reference_per_trainable_method():
+    from training.methods import METHODS
+    from zoo.registry import IMAGENET_LINEAR_REFERENCE
+
+    assert set(IMAGENET_LINEAR_REFERENCE) == set(METHODS)
+    for method, ref in IMAGENET_LINEAR_REFERENCE.items():
+        if ref.result is None:  # no number: one line saying why
+            assert ref.reason and "\n" not in ref.reason, method
+            continue
+        r = ref.result
+        assert (r.dataset, r.split, r.metric, r.task) == ("ImageNet-1k", "validation", "top-1", "image-classification")
+        assert r.url.startswith("https://") and not ref.reason
+        assert any(arch in r.protocol for arch in ("ResNet-50", "AlexNet")), method  # the architecture is named
+    resnet50 = [m for m, ref in IMAGENET_LINEAR_REFERENCE.items() if ref.result and "ResNet-50" in ref.result.protocol]
+    assert len(resnet50) >= 7  # one architecture across methods where the papers allow
+    assert IMAGENET_LINEAR_REFERENCE["npid"].result.value == 54.99  # the converted release, not the "update" file

@@ -99,7 +99,7 @@ def save_pretrained(model: nn.Module, directory: str | Path, **extra_config: Any
     results = load_results(config["name"])
     atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
     config["weights"] = {"file": WEIGHTS_NAME, "sha256": sha256_file(directory / WEIGHTS_NAME)}
-    card = render_card(config["name"], results=results, checkpoint_config=config)
+    card = render_card(config["name"], results=results, checkpoint_config=config, checkpoint_dir=directory)
     atomic_write_text(directory / CARD_NAME, str(card))
     atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return directory

@@ -120,7 +120,7 @@ def info(name: str, as_json: bool):
     for layer, shape in shapes.items():
         click.echo(f"    {layer:<8} {' x '.join(map(str, shape))}")
     for r in entry.paper_results:
-        click.echo(f"  paper         {r.dataset} {r.metric} {r.value} ({r.protocol}; {r.source})")
+        click.echo(f"  paper         {r.dataset} ({r.split}) {r.metric} {r.value:g}: {r.protocol} ({r.source}, {r.url})")
 
 
 @cli.command()
@@ -176,16 +176,21 @@ def ship(directory, cards_dir):
 @click.argument("name", required=False)
 @click.option("--all", "all_models", is_flag=True, help="Every registry model, plus the index MODEL_CARDS/README.md.")
 @click.option("--checkpoint", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Write the card into this checkpoint folder's README.md instead.")
+              help="Write the card of this checkpoint folder's own weights into its README.md instead.")
+@click.option("--repo", default=None,
+              help="With --checkpoint: the Hub repo ORG/NAME it will be published to [default: the registry's repo, "
+                   "only when the folder holds the registry's weights].")
 @click.option("--cards-dir", default=None, type=click.Path(file_okay=False), help="[default: the repository's MODEL_CARDS].")
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if any generated card is out of date.")
-def card(name, all_models, checkpoint, cards_dir, check):
+def card(name, all_models, checkpoint, repo, cards_dir, check):
     """Render the model card of NAME (or --all) from the registry and MODEL_CARDS/results."""
     from zoo import cards
     from zoo.errors import UsageError
 
+    if repo and not checkpoint:
+        raise UsageError("--repo names where a checkpoint is published; use it with --checkpoint DIR")
     if checkpoint:
-        path = cards.write_checkpoint_card(checkpoint, cards_dir=cards_dir)
+        path = cards.write_checkpoint_card(checkpoint, cards_dir=cards_dir, repo=repo, name=name)
         click.echo(f"wrote {path}")
         return
     if check:

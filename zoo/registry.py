@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from torch import nn
 
@@ -61,7 +61,13 @@ class Paper:
 
 @dataclass(frozen=True)
 class PaperResult:
-    """A number reported by the authors, labelled with its protocol and where it was read."""
+    """A number sslzoo did not measure, labelled with its protocol and where it was read.
+
+    ``source`` names who reported it (the paper, the authors' README, a model zoo that ran its own
+    evaluation) and ``url`` is the exact place it was read: a README line pinned to a commit, or
+    an arXiv abstract page (the table number then goes in ``protocol``). ``split`` is the split of
+    ``dataset`` the number was measured on.
+    """
 
     task: str
     dataset: str
@@ -69,6 +75,12 @@ class PaperResult:
     value: float
     protocol: str
     source: str
+    url: str
+    split: str = "validation"
+
+    def __post_init__(self):
+        if not self.url.startswith("https://"):
+            raise ValueError(f"paper result {self.value} ({self.source}) needs the https URL it was read at")
 
 
 @dataclass(frozen=True)
@@ -77,7 +89,8 @@ class Weights:
 
     For a converted release, ``origin`` is the authors' repository, ``original_url`` the download
     link they gave and ``original_file`` the file `zoo convert` reads (inside the download when
-    that is an archive).
+    that is an archive). ``release_note`` says what the authors said about the release itself
+    (for instance that it is not the model of the paper), with the URL where they said it.
     """
 
     hub_repo: str
@@ -86,6 +99,7 @@ class Weights:
     origin: str = ""  # the original authors' release (repository or file URL), if any
     original_url: str = ""
     original_file: str = ""
+    release_note: str = ""
 
 
 @dataclass(frozen=True)
@@ -197,11 +211,23 @@ IIC = Paper("Invariant Information Clustering for Unsupervised Image Classificat
 JIGSAW = Paper("Unsupervised Learning of Visual Representations by Solving Jigsaw Puzzles",
                "Noroozi, Favaro", "ECCV 2016", "https://arxiv.org/abs/1603.09246")
 
-_LINEAR_IN1K = "ImageNet-1k linear probe top-1 (%)"
+# Where the numbers were read: README lines pinned to the commit that was read, abstract pages.
+_VISSL_MODEL_ZOO = ("https://github.com/facebookresearch/vissl/blob/09270ed25a6c2cf71263d955b64cbe076d34ac45/"
+                    "MODEL_ZOO.md")
+_SELA_README = "https://github.com/yukimasano/self-label/blob/3891e376a82d1e4ac6de6d39505b692b8885c971/README.md"
+_NPID_README = ("https://github.com/zhirongw/lemniscate.pytorch/blob/f7cfe298357cb2b169cd59eb540aca24bed1f9b8/"
+                "README.md")
+# VISSL's ImageNet-1k linear benchmark: one top-1 per model. For AlexNets it trains a BN + linear
+# probe on each of conv1..conv5 average-pooled to about 9,000 dims (28 epochs); the table does not
+# say which layer its single number comes from.
+_VISSL_ALEXNET = ("VISSL's ImageNet-1k linear benchmark run on this released file: linear probes on "
+                  "conv1..conv5 pooled to ~9k dims; VISSL's table gives one top-1 and does not name the layer")
+_VISSL_RESNET = "VISSL's ImageNet-1k linear benchmark: linear classifier on frozen res5 (pooled) features"
 
 
-def _in1k(metric_value: float, protocol: str, source: str, metric: str = "top-1") -> PaperResult:
-    return PaperResult("image-classification", "ImageNet-1k", metric, metric_value, protocol, source)
+def _in1k(value: float, protocol: str, source: str, url: str, metric: str = "top-1") -> PaperResult:
+    """A top-1 on the ImageNet-1k validation set."""
+    return PaperResult("image-classification", "ImageNet-1k", metric, value, protocol, source, url)
 
 
 _DATA_TAGS = {"ImageNet-1k": "in1k", "YFCC100M": "yfcc100m", "CIFAR-10": "cifar10", "Fashion-MNIST": "fmnist",
@@ -217,15 +243,17 @@ def _hub_repo(name: str, data: str) -> str:
 
 def _release(name: str, arch: str, method: str, paper: Paper, origin: str, license: str,
              description: str, input: InputSpec = _IN1K_224, data: str = "ImageNet-1k",
-             results: tuple[PaperResult, ...] = (), url: str = "", file: str = "",
+             results: tuple[PaperResult, ...] = (), url: str = "", file: str = "", note: str = "",
              embedding_layer: str = "", **arch_kwargs: Any) -> ModelEntry:
     """An original authors' release, converted by `zoo convert` and published as sslzoo/<name>.
 
-    ``url`` is the authors' download link and ``file`` the file in it that `zoo convert` reads.
+    ``url`` is the authors' download link, ``file`` the file in it that `zoo convert` reads and
+    ``note`` what the authors say about this release (``Weights.release_note``).
     """
     return register_model(ModelEntry(
         name=name, arch=arch, method=method, pretrain_data=data, input=input,
-        weights=Weights(hub_repo=_hub_repo(name, data), origin=origin, original_url=url, original_file=file),
+        weights=Weights(hub_repo=_hub_repo(name, data), origin=origin, original_url=url, original_file=file,
+                        release_note=note),
         paper=paper, license=license, description=description, arch_kwargs=arch_kwargs,
         paper_results=results, embedding_layer=embedding_layer,
     ))
@@ -240,10 +268,16 @@ _release("rotnet_alexnet", "alexnet_rotnet", "rotnet", ROTNET,
          "AlexNet trained to predict which of 4 rotations was applied to an ImageNet image.",
          url="https://mega.nz/#!n81AnC6L!xTbo_D3xd7QOpOSG1UFSChmDr8mbcuWbVjhQMaC4yoE",
          file="model_net_epoch50",
+         note="The authors' README says this released model is not the one used in the paper and may give "
+              "(slightly) different results; on ImageNet and Places205 classification it did better than the "
+              "paper's model (https://github.com/gidariss/FeatureLearningRotNet/blob/"
+              "edafaba6561003292017d0a44272414356c959ff/README.md#L52).",
          results=(
-             PaperResult("object-detection", "PASCAL VOC 2007", "mAP", 54.4, "Fast R-CNN fine-tuning",
-                         "paper abstract"),
-             _in1k(39.51, "VISSL linear probe, best layer", "VISSL model zoo"),
+             PaperResult("object-detection", "PASCAL VOC 2007", "mAP", 54.4,
+                         "detection with the paper's RotNet AlexNet as the pretrained backbone (paper abstract); "
+                         "the paper's model, not this released one", "RotNet paper, abstract",
+                         "https://arxiv.org/abs/1803.07728", split="test"),
+             _in1k(39.51, _VISSL_ALEXNET, "VISSL MODEL_ZOO.md", f"{_VISSL_MODEL_ZOO}#L117"),
          ))
 _release("rotnet_nin_cifar10", "nin", "rotnet", ROTNET,
          "https://github.com/gidariss/FeatureLearningRotNet", "mit",
@@ -255,7 +289,7 @@ _release("deepcluster_alexnet", "alexnet_deepcluster", "deepcluster", DEEPCLUSTE
          "AlexNet with a fixed Sobel front end, trained on k-means pseudo-labels of its own features.",
          input=dataclasses.replace(_IN1K_224, sobel_in_model=True),
          url="https://s3.amazonaws.com/deepcluster/alexnet/checkpoint.pth.tar", file="checkpoint.pth.tar",
-         results=(_in1k(37.88, "VISSL linear probe, best layer", "VISSL model zoo"),))
+         results=(_in1k(37.88, _VISSL_ALEXNET, "VISSL MODEL_ZOO.md", f"{_VISSL_MODEL_ZOO}#L127"),))
 _release("deepcluster_vgg16", "vgg16_bn", "deepcluster", DEEPCLUSTER,
          "https://github.com/facebookresearch/deepcluster", "cc-by-nc-4.0",
          "VGG-16-BN with a fixed Sobel front end, trained with DeepCluster.",
@@ -266,94 +300,138 @@ _release("deepercluster_vgg16", "vgg16_bn", "deepercluster", DEEPERCLUSTER,
          "VGG-16-BN with Sobel, trained on rotation x cluster targets of non-curated images.",
          input=dataclasses.replace(_IN1K_224, sobel_in_model=True), data="YFCC100M",
          url="https://dl.fbaipublicfiles.com/deepcluster/ours/ours.pth", file="ours.pth",
+         results=(_in1k(74.9, "not a linear probe: a VGG-16 initialised with these weights and then trained with "
+                              "ImageNet labels (the paper's Table 2; +0.8 over the same network from scratch)",
+                        "DeeperCluster paper, abstract", "https://arxiv.org/abs/1905.01278"),),
          sobel=True, input_padding=2, sobel_padding=0)
 _release("sela_alexnet", "alexnet_sela", "sela", SELA,
          "https://github.com/yukimasano/self-label", "mit",
          "AlexNet trained on Sinkhorn-Knopp equipartitioned pseudo-labels (10 heads).",
          url=f"{_SELA_ASSETS}/pretrained.zip", file="alexnet-10x3k-wRot.pth",
-         results=(_in1k(43.8, "linear probe, best layer (10k clusters)", "official repository README"),))
+         note="This file is the AlexNet with 10 heads of 3,000 clusters retrained with rotation prediction; "
+              "the authors' README gives no number for it.",
+         results=(_in1k(43.8, "linear probe ('LP Acc') of the README's 'AlexNet 10k' row, which names no rotation "
+                              "retraining: not a number for this 10x3k-with-rotation file", "self-label README",
+                        f"{_SELA_README}#L31"),))
 _release("sela_resnet50", "resnet50", "sela", SELA,
          "https://github.com/yukimasano/self-label", "mit",
          "ResNet-50 trained with SeLa (10 heads of 3,000 clusters).",
          url=f"{_SELA_ASSETS}/pretrained.zip", file="resnet-10x3k.pth",
-         results=(_in1k(61.5, "linear probe on res5 (10x3k)", "official repository README"),), num_classes=None)
+         results=(_in1k(61.5, "linear probe ('LP Acc') of the README's 'R50 10x3k' model", "self-label README",
+                        f"{_SELA_README}#L32"),), num_classes=None)
 _release("sela_resnet50_augpp", "resnet50", "sela", SELA,
          "https://github.com/yukimasano/self-label", "mit",
          "ResNet-50 trained with SeLa (10x3k heads) and SimCLR-style augmentations, 280 epochs (Aug++).",
          url=f"{_SELA_ASSETS}/new_models/resnet50-10x3k_pp.pth", file="resnet50-10x3k_pp.pth",
-         results=(_in1k(68.8, "linear probe on res5 (10x3k, Aug++)", "official repository README"),),
+         results=(_in1k(68.8, "linear probe ('LP Acc', single crop) of this file, the README's 'Aug++ R50 10x3k'",
+                        "self-label README", f"{_SELA_README}#L40"),),
          num_classes=None)
 _release("npid_resnet50", "resnet50", "npid", NPID,
          "https://github.com/zhirongw/lemniscate.pytorch", "unknown",
          "ResNet-50 with a 128-d L2-normalised embedding trained by instance discrimination.",
          url="http://zhirongw.westus2.cloudapp.azure.com/models/lemniscate_resnet50.pth.tar",
          file="lemniscate_resnet50.pth.tar",
-         results=(_in1k(46.8, "weighted kNN (k=200) on the 128-d embedding", "official repository README"),
-                  _in1k(58.5, "linear probe (updated)", "official repository README")), num_classes=128)
+         results=(_in1k(46.8, "top-1 nearest-neighbour accuracy on the 128-d embedding of the original ResNet 50 "
+                              "release (4,096 negatives, NCE); the code's test mode is a weighted kNN, k=200",
+                        "lemniscate README", f"{_NPID_README}#L18"),
+                  _in1k(54.99, f"{_VISSL_RESNET}, on VISSL's conversion of the original ResNet 50 release "
+                               "('RN50 official oldies')", "VISSL MODEL_ZOO.md", f"{_VISSL_MODEL_ZOO}#L143")),
+         num_classes=128)
 _release("npid_resnet18", "resnet18", "npid", NPID,
          "https://github.com/zhirongw/lemniscate.pytorch", "unknown",
          "ResNet-18 with a 128-d L2-normalised embedding trained by instance discrimination.",
          url="http://zhirongw.westus2.cloudapp.azure.com/models/lemniscate_resnet18.pth.tar",
          file="lemniscate_resnet18.pth.tar",
-         results=(_in1k(41.0, "weighted kNN (k=200) on the 128-d embedding", "official repository README"),),
+         results=(_in1k(41.0, "top-1 nearest-neighbour accuracy on the 128-d embedding of the original ResNet 18 "
+                              "release; the code's test mode is a weighted kNN, k=200", "lemniscate README",
+                        f"{_NPID_README}#L17"),),
          num_classes=128)
 _release("pirl_resnet50", "resnet50", "pirl", PIRL,
          "https://github.com/facebookresearch/vissl", "mit",
          "ResNet-50 trained with PIRL (jigsaw invariance, memory bank), VISSL's release.",
          url=f"{_VISSL_ZOO}/pirl/r50_200ep/model_final_checkpoint_phase199.torch",
          file="model_final_checkpoint_phase199.torch",
-         results=(_in1k(62.9, "linear probe on res5, 200 epochs", "VISSL README"),), num_classes=None)
+         results=(_in1k(62.9, "single-crop linear evaluation of this checkpoint (ResNet-50, 200 epochs, linear head)",
+                        "VISSL projects/PIRL/README.md",
+                        "https://github.com/facebookresearch/vissl/blob/09270ed25a6c2cf71263d955b64cbe076d34ac45/"
+                        "projects/PIRL/README.md#L37"),), num_classes=None)
 _release("npid_pp_resnet50", "resnet50", "npid", PIRL,
          "https://github.com/facebookresearch/vissl", "mit",
          "ResNet-50 trained with NPID++ (PIRL paper's NPID: 32k negatives, 800 epochs), VISSL's release.",
          url=f"{_VISSL_ZOO}/npid_pp/4node_800ep_32kneg_cosine_resnet_23_07_20.75432662/"
              "model_final_checkpoint_phase799.torch",
          file="model_final_checkpoint_phase799.torch",
-         results=(_in1k(56.68, "linear probe on res5", "VISSL MODEL_ZOO.md"),), num_classes=None)
+         results=(_in1k(56.68, f"{_VISSL_RESNET}, this checkpoint", "VISSL MODEL_ZOO.md",
+                        f"{_VISSL_MODEL_ZOO}#L152"),), num_classes=None)
 _release("jigsaw_resnet50", "resnet50", "jigsaw", JIGSAW,
          "https://github.com/facebookresearch/vissl", "mit",
          "ResNet-50 trained to solve jigsaw puzzles (100 permutations, 105 epochs), VISSL's release.",
          url=f"{_VISSL_ZOO}/jigsaw_rn50_in1k_ep105_perm2k_jigsaw_8gpu_resnet_17_07_20.db174a43/"
              "model_final_checkpoint_phase104.torch",
          file="model_final_checkpoint_phase104.torch",
-         results=(_in1k(48.57, "linear probe on res5", "VISSL MODEL_ZOO.md"),), num_classes=None)
+         results=(_in1k(48.57, f"{_VISSL_RESNET}, this checkpoint", "VISSL MODEL_ZOO.md",
+                        f"{_VISSL_MODEL_ZOO}#L87"),), num_classes=None)
 _release("simclr_resnet50", "resnet50", "simclr", SIMCLR,
          "https://github.com/google-research/simclr", "apache-2.0",
          "ResNet-50 (1x) trained with SimCLR; takes [0, 1] RGB with no mean/std normalisation.",
          input=InputSpec(size=224, resize=256, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
          url="https://storage.cloud.google.com/simclr-gcs/checkpoints/ResNet50_1x.zip", file="ResNet50_1x.zip",
-         results=(_in1k(69.1, "linear probe (1x)", "official repository README"),), num_classes=None)
+         results=(_in1k(69.1, "ImageNet top-1 of this checkpoint's linear classifier on the frozen ResNet-50 (1x)",
+                        "SimCLR README",
+                        "https://github.com/google-research/simclr/blob/383d4143fd8cf7879ae10f1046a9baeb753ff438/"
+                        "README.md#L54"),), num_classes=None)
 _release("byol_resnet50", "resnet50", "byol", BYOL,
          "https://github.com/deepmind/deepmind-research/tree/master/byol", "apache-2.0",
          "ResNet-50 trained with BYOL (online/target networks, no negatives).",
          url="https://storage.googleapis.com/deepmind-byol/checkpoints/pretrain_res50x1.pkl",
          file="pretrain_res50x1.pkl",
-         results=(_in1k(74.3, "linear probe", "paper abstract"),), num_classes=None)
+         results=(_in1k(74.3, "linear evaluation of the paper's ResNet-50", "BYOL paper, abstract",
+                        "https://arxiv.org/abs/2006.07733"),
+                  _in1k(74.4, "linear evaluation of this checkpoint: the README says it 'should evaluate to ~74.4%'",
+                        "BYOL README",
+                        "https://github.com/google-deepmind/deepmind-research/blob/"
+                        "2314aa74d53e1d75d1507a1496fede4a284bbb5b/byol/README.md#pretraining")),
+         num_classes=None)
 _release("multigrain_resnet50", "resnet50_gem", "multigrain", MULTIGRAIN,
          "https://github.com/facebookresearch/multigrain", "cc-by-nc-4.0",
          "ResNet-50 with GeM pooling (p=3) trained for classification and instance retrieval jointly "
          "(lambda=0.5, repeated augmentations); the embedding is the GeM-pooled vector, layer gem.",
          url="https://dl.fbaipublicfiles.com/multigrain/multigrain_models/joint_3B_0.5.pth", file="joint_3B_0.5.pth",
          embedding_layer="gem",
-         results=(_in1k(79.3, "supervised classification (MultiGrain training)", "paper abstract"),))
+         results=(_in1k(77.4, "supervised classification by this checkpoint's own classifier at 224 px (GeM p=3)",
+                        "MultiGrain README",
+                        "https://github.com/facebookresearch/multigrain/blob/172bb2a2ef8a7f69f02fd6a4eb20c9c3d5d7a909/"
+                        "README.md#L45"),
+                  _in1k(78.6, "supervised classification by this checkpoint at 500 px with GeM exponent p*=4 (the "
+                              "paper's Table 2, which the README says this file reproduces)", "MultiGrain README",
+                        "https://github.com/facebookresearch/multigrain/blob/172bb2a2ef8a7f69f02fd6a4eb20c9c3d5d7a909/"
+                        "README.md#L89")))
 _release("iic_net5g", "iic_net5g", "iic", IIC,
          "https://github.com/xu-ji/IIC", "mit",
          "IIC's ClusterNet5g (ResNet-34 trunk) trained on STL-10 by invariant information clustering "
          "(model 569: two heads, 70 and 10 clusters, 5 sub-heads each); Sobel gradients inside the model.",
          input=InputSpec(size=64, resize=96, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), sobel_in_model=True),
-         data="STL-10", url="https://www.robots.ox.ac.uk/~xuji/models/models.tar.gz", file="best_net.pytorch")
+         data="STL-10", url="https://www.robots.ox.ac.uk/~xuji/models/models.tar.gz", file="best_net.pytorch",
+         results=(PaperResult("image-classification", "STL-10", "accuracy (Hungarian)", 59.6,
+                              "unsupervised clustering: the 10-cluster head's lowest-loss sub-head, clusters matched "
+                              "to classes by the Hungarian method, on the 13,000 labelled images (the paper's Table 1, "
+                              "shown as an image in the README; model 569 is Table 1's STL10 model)",
+                              "IIC README (paper's Table 1)",
+                              "https://github.com/xu-ji/IIC/blob/b7602b743552c28a4af3de238bf2539a3af0338e/README.md#L9",
+                              split="train+test"),))
 
 
 def _ours(name: str, arch: str, method: str, paper: Paper, description: str,
           input: InputSpec = _FMNIST_32, data: str = "Fashion-MNIST", recipe: str = "small",
-          **arch_kwargs: Any) -> ModelEntry:
+          results: tuple[PaperResult, ...] = (), **arch_kwargs: Any) -> ModelEntry:
     """A model trained by sslzoo's own recipe: ``small`` (S3L: small resolution, network and data),
-    or ``paper`` where the authors released no weights."""
+    or ``paper`` where the authors released no weights (``results`` are then the paper's numbers
+    for its own model)."""
     return register_model(ModelEntry(
         name=name, arch=arch, method=method, pretrain_data=data, input=input,
         weights=Weights(hub_repo=_hub_repo(name, data)),
         paper=paper, license="apache-2.0", description=description, arch_kwargs=arch_kwargs,
-        recipe=recipe,
+        recipe=recipe, paper_results=results,
     ))
 
 
@@ -380,13 +458,24 @@ _ours("proxynca_resnet_small_fmnist", "resnet_small", "proxynca", PROXYNCA,
       "sslzoo's small recipe.", **_SMALL_RESNET)
 _ours("proxynca_resnet50", "resnet50", "proxynca", PROXYNCA,
       "ResNet-50 trained for zero-shot retrieval on CUB-200-2011 with Proxy-NCA by sslzoo's paper recipe "
-      "(the authors released no weights).", input=_IN1K_224, data="CUB-200-2011", recipe="paper", num_classes=None)
+      "(the authors released no weights).", input=_IN1K_224, data="CUB-200-2011", recipe="paper", num_classes=None,
+      results=tuple(
+          PaperResult("image-retrieval", "CUB-200-2011", metric, value,
+                      "zero-shot retrieval on CUB-200-2011's held-out classes with the paper's Inception-BN, not a "
+                      "ResNet-50; quoted beside a reimplementation in the dichotomies/proxy-nca README ('Google's "
+                      "Implementation' column); the paper's own table was not read", "Proxy-NCA paper, as quoted",
+                      f"https://github.com/dichotomies/proxy-nca/blob/ad9880a497a40cf588f30206f560676694694530/"
+                      f"README.md#L{line}", split="test")
+          for metric, value, line in (("recall@1", 49.21, 86), ("NMI", 59.53, 90))))
 _ours("cpc_resnet_small_fmnist", "resnet_small", "cpc", CPC2,
       "A small ResNet trained as CPC v2's patch encoder on 8-pixel patches of Fashion-MNIST by sslzoo's small "
       "recipe.", **_SMALL_RESNET)
 _ours("cpc_resnet50", "resnet50", "cpc", CPC2,
       "ResNet-50 trained as CPC v2's patch encoder on ImageNet by sslzoo's paper recipe (the authors' "
-      "ResNet-161 release is not converted).", input=_IN1K_224, data="ImageNet-1k", recipe="paper", num_classes=None)
+      "ResNet-161 release is not converted).", input=_IN1K_224, data="ImageNet-1k", recipe="paper", num_classes=None,
+      results=(_in1k(63.8, "linear classification on CPC v2's ResNet-50 features, as transcribed from the paper by "
+                           "Papers with Code (the paper's table was not read here)", "CPC v2 paper, via Papers with Code",
+                     "https://paperswithcode.com/paper/data-efficient-image-recognition-with"),))
 _ours("deepcluster_resnet_small_fmnist", "resnet_small", "deepcluster", DEEPCLUSTER,
       "A small 32x32 ResNet trained on Fashion-MNIST with DeepCluster by sslzoo's small recipe.", **_SMALL_RESNET)
 _ours("sela_resnet_small_fmnist", "resnet_small", "sela", SELA,
@@ -395,3 +484,48 @@ _ours("iic_resnet_small_fmnist", "resnet_small", "iic", IIC,
       "A small 32x32 ResNet trained on Fashion-MNIST with IIC by sslzoo's small recipe.", **_SMALL_RESNET)
 _ours("deepercluster_resnet_small_fmnist", "resnet_small", "deepercluster", DEEPERCLUSTER,
       "A small 32x32 ResNet trained on Fashion-MNIST with DeeperCluster by sslzoo's small recipe.", **_SMALL_RESNET)
+
+
+# --------------------------------------------------------------------------------------------
+# One reported ImageNet-1k linear-probe top-1 per trainable method, for ranking the methods side by
+# side (README). ResNet-50 wherever a ResNet-50 number was found; each protocol names the
+# architecture. Where there is no such number the result is None and the reason says why.
+# --------------------------------------------------------------------------------------------
+
+class LinearReference(NamedTuple):
+    result: PaperResult | None
+    reason: str = ""  # why there is no result
+
+
+def _reference(entry_name: str, value: float, protocol: str) -> LinearReference:
+    """Registry entry ``entry_name``'s paper result ``value`` (one number, written in one place),
+    with the protocol worded for the comparison across methods."""
+    result = next(r for r in get_model_entry(entry_name).paper_results if r.value == value)
+    return LinearReference(dataclasses.replace(result, protocol=protocol))
+
+
+IMAGENET_LINEAR_REFERENCE: dict[str, LinearReference] = {
+    "rotnet": LinearReference(_in1k(
+        48.2, "ResNet-50 trained with RotNet by VISSL (105 epochs), linear classifier on frozen res5 features; the "
+              "authors' own ImageNet models are AlexNets", "VISSL MODEL_ZOO.md", f"{_VISSL_MODEL_ZOO}#L118")),
+    "deepcluster": _reference("deepcluster_alexnet", 37.88, "AlexNet, the authors' release (they release AlexNet and "
+                                                            f"VGG-16, no ResNet-50): {_VISSL_ALEXNET}"),
+    "sela": _reference("sela_resnet50", 61.5, "ResNet-50, 10 heads of 3,000 clusters, linear probe ('LP Acc')"),
+    "iic": LinearReference(None, "IIC reports clustering accuracy on STL-10, CIFAR and MNIST, no ImageNet linear "
+                                 "probe."),
+    "deepercluster": LinearReference(None, "DeeperCluster's ImageNet linear probes (a VGG-16 trained on YFCC100M) are "
+                                           "in the paper's tables, which were not read here; the abstract's 74.9 is "
+                                           "supervised fine-tuning."),
+    "simclr": _reference("simclr_resnet50", 69.1, "ResNet-50 (1x), linear classifier on the frozen network "
+                                                  "(released checkpoint)"),
+    "npid": _reference("npid_resnet50", 54.99, f"ResNet-50, original release (4,096 negatives, NCE): {_VISSL_RESNET}"),
+    "byol": _reference("byol_resnet50", 74.3, "ResNet-50, linear evaluation"),
+    "multigrain": LinearReference(None, "MultiGrain is trained with ImageNet labels: its 77.4 is supervised accuracy, "
+                                        "not a linear probe of self-supervised features."),
+    "pirl": _reference("pirl_resnet50", 62.9, "ResNet-50, 200 epochs, single-crop linear evaluation (released "
+                                              "checkpoint)"),
+    "proxynca": LinearReference(None, "Proxy-NCA is supervised metric learning evaluated by retrieval on CUB, Cars "
+                                      "and SOP, with no ImageNet linear probe."),
+    "cpc": _reference("cpc_resnet50", 63.8, "ResNet-50, linear classification, as transcribed from the paper by Papers "
+                                            "with Code (the paper's table was not read here)"),
+}
