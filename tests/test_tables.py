@@ -8,13 +8,13 @@ import pytest
 from conftest import run_zoo
 
 from zoo import tables
-from zoo.registry import PaperResult
+from zoo.registry import LinearReference, PaperResult
 
 
 def _result(protocol, metric, value, std, base, base_std, beats):
     return {"task": "image-classification", "dataset": "Fashion-MNIST", "split": "test", "metric": metric,
             "protocol_id": protocol, "protocol": "fixture", "command": "pytest", "value": value, "std": std,
-            "seeds": [0, 1, 2], "baseline": {"random-init": base}, "baseline_std": {"random-init": base_std},
+            "seeds": [0, 1, 2], "per_seed": [value - std, value, value + std], "baseline": {"random-init": base}, "baseline_std": {"random-init": base_std},
             "beats_baseline": beats}
 
 
@@ -55,13 +55,13 @@ def test_kendall_tau_by_hand():
 
 
 def test_ranking_puts_paper_and_ours_side_by_side_and_says_what_is_left_out(cards, monkeypatch):
-    paper = {
-        "simclr": PaperResult("image-classification", "ImageNet-1k", "top-1", 69.3, "ResNet-50 linear", "paper"),
-        "npid": PaperResult("image-classification", "ImageNet-1k", "top-1", 54.0, "ResNet-50 linear", "paper"),
-        "byol": PaperResult("image-classification", "ImageNet-1k", "top-1", 74.3, "ResNet-50 linear", "paper"),
-        "proxynca": "supervised metric learning: no ImageNet linear probe",
-    }
-    monkeypatch.setattr("zoo.registry.IMAGENET_LINEAR_REFERENCE", paper, raising=False)
+    def ref(value):
+        return LinearReference(PaperResult("image-classification", "ImageNet-1k", "top-1", value, "ResNet-50 linear",
+                                           "paper", url="https://arxiv.org/abs/0000.00000"))
+
+    paper = {"simclr": ref(69.3), "npid": ref(54.0), "byol": ref(74.3),
+             "proxynca": LinearReference(None, "supervised metric learning: no ImageNet linear probe")}
+    monkeypatch.setattr("zoo.registry.IMAGENET_LINEAR_REFERENCE", paper)
     rows, left_out = tables.ranking_rows("linear-pool", "top-1", cards)
     assert [r.method for r in rows] == ["byol", "simclr", "npid"]
     assert left_out == ["proxynca: supervised metric learning: no ImageNet linear probe"]

@@ -53,6 +53,7 @@ from training.data import (SampleView, SkipCounter, describe, disjoint_subsets, 
 from training.transforms import eval_transform
 from zoo.errors import UsageError, ZooError
 from zoo.registry import RANDOM_PREFIX
+from zoo.results import beats_random_init
 
 PROBE_DIMS = 9216
 # yukimasano/linear-probes: pooling of AlexNet conv1..conv5 before BN + linear (kernel, stride, padding).
@@ -573,14 +574,6 @@ def summarise_seeds(per_seed: Sequence[dict[str, dict[str, Any]]]) -> dict[str, 
     }
 
 
-def beats_baseline(value: float, std: float | None, baseline: float, baseline_std: float | None) -> bool | None:
-    """The rule the cards state: the mean beats random init's by more than two standard deviations
-    (the larger of the two). None when there is only one seed, so no spread to compare with."""
-    if std is None or baseline_std is None:
-        return None
-    return value - baseline > 2 * max(std, baseline_std)
-
-
 # ---------------------------------------------------------------------------------------------
 # Scores cached by what determines them: a checkpoint's weights (sha256), or a random-init seed of
 # an architecture, with the protocol, layers, data and settings. Every model of one architecture
@@ -784,7 +777,7 @@ def evaluate(models: Sequence[str], protocols: Sequence[str], data: str | None =
                 entry["baseline_per_seed"] = {"random-init": base["per_seed"]}
                 entry["baseline_layer"] = {"random-init": base["layer"]}
                 entry["baseline_per_layer"] = {"random-init": {n: round(v, 2) for n, v in base["per_layer"].items()}}
-                entry["beats_baseline"] = beats_baseline(summary["value"], summary["std"], base["value"], base["std"])
+                entry["beats_baseline"] = beats_random_init(summary["value"], summary["std"], base["value"], base["std"])
             results.append(entry)
     return _report(loaded, protocols, command, eval_data, counter, results)
 

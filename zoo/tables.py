@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from zoo.cards import RESULTS_DIRNAME, default_cards_dir, load_results
+from zoo.results import RESULTS_DIRNAME, default_cards_dir, load_results
 from zoo.errors import UsageError
 from zoo.registry import get_model_entry
 
@@ -118,9 +118,10 @@ def ranking_rows(protocol: str = "linear-pool", metric: str = "top-1",
         entry = get_model_entry(name)
         reference = IMAGENET_LINEAR_REFERENCE.get(entry.method)
         r = _find(load_results(name, cards_dir) or {}, protocol, metric)
-        if reference is None or isinstance(reference, str):
-            left_out.append(f"{entry.method}: {reference or 'no paper number recorded'}")
+        if reference is None or reference.result is None:
+            left_out.append(f"{entry.method}: {reference.reason if reference else 'no paper number recorded'}")
             continue
+        reference = reference.result
         if r is None:
             left_out.append(f"{entry.method}: {name} has no {protocol} {metric} result")
             continue
