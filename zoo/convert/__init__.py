@@ -64,7 +64,7 @@ def _pick(source: str, file: Path, obj: Any, candidates: list[Release], keep_hea
         raise UsageError(f"{file.name} is not in a layout `zoo convert {source}` knows: it holds "
                          f"{found_keys(obj)} ({'; '.join(reasons)}). Supported: {layouts}")
     if len(fits) > 1:  # e.g. several VISSL ResNet-50 releases: the file name may tell
-        named = [f for f in fits if get_model_entry(f[0].name).weights.original_file == file.name]
+        named = [f for f in fits if Path(get_model_entry(f[0].name).weights.original_file).name == file.name]
         if len(named) != 1:
             names = ", ".join(r.name for r, _ in fits)
             raise UsageError(f"{file.name} fits {names}; name the one it is, e.g. "
