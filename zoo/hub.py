@@ -6,7 +6,10 @@
 2. the local hub, a folder of published checkpoints that needs no account and no network
    (``$ZOO_HUB``, default ``~/.cache/sslzoo/hub``; see ``LocalHub`` for the layout);
 3. the Hugging Face Hub through ``huggingface_hub.snapshot_download``: its cache, revision pinning,
-   ``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` and the token from its usual places.
+   ``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` and the token from its usual places (registry entries not
+   yet published: only the cache);
+4. for a registry entry not yet published, the original authors' release: downloaded, converted
+   and cached in the local hub on first use (``zoo.fetch``).
 
 A registry model name (``"rotnet_alexnet"``) stands for its entry's ``weights.hub_repo``.
 ``publish`` validates a checkpoint folder completely before it writes anything, then writes it
@@ -174,7 +177,7 @@ def _fsync_dir(path: Path) -> None:
 @dataclass(frozen=True)
 class Resolved:
     path: Path     # a folder holding config.json and model.safetensors
-    source: str    # "local folder", "local hub", "huggingface"
+    source: str    # "local folder", "local hub", "huggingface", "original release"
     repo: str = ""
     revision: str = ""
 
@@ -208,8 +211,9 @@ def resolve_entry(name: str, revision: str | None = None, *, download: bool = Tr
                   hub: LocalHub | None = None) -> Resolved:
     """The checkpoint of registry model ``name``, at its entry's repo and revision.
 
-    Weights the registry does not list as published are looked for only locally (local hub and
-    the Hugging Face cache): there is nothing to download yet.
+    Weights the registry does not list as published are looked for locally (local hub and the
+    Hugging Face cache), then fetched from the original authors' release and converted into the
+    local hub where the entry has one (``zoo.fetch``).
     """
     from zoo.registry import get_model_entry
 
@@ -221,6 +225,11 @@ def resolve_entry(name: str, revision: str | None = None, *, download: bool = Tr
     except WeightsNotAvailableError as err:
         if published:
             raise
+        from zoo.fetch import resolve_release  # last: the authors' release, fetched and converted
+
+        fetched = resolve_release(name, revision, download=download, hub=hub)
+        if fetched is not None:
+            return fetched
         hub = hub or LocalHub()
         raise WeightsNotAvailableError(
             f"{name!r} has no published weights yet (status: {entry.weights.status}) and none are in the local "

@@ -152,8 +152,9 @@ def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Modul
     The returned backbone carries ``model.entry`` (its ``ModelEntry``) and ``model.arch_kwargs``
     (the arguments it was built with), which ``save_pretrained`` and the exporters read.
     ``pretrained=True`` loads the entry's checkpoint (``weights.hub_repo`` at ``weights.revision``)
-    the way ``zoo.from_pretrained`` does: local hub first, then the Hugging Face Hub; ``kwargs``
-    may then only repeat the arguments the weights were saved with.
+    the way ``zoo.from_pretrained`` does: local hub first, then the Hugging Face Hub, then (for a
+    converted release not yet published) the authors' release, fetched and converted on first
+    use; ``kwargs`` may then only repeat the arguments the weights were saved with.
     """
     entry = get_model_entry(name)
     if pretrained:

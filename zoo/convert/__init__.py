@@ -93,8 +93,12 @@ def _complete(model: torch.nn.Module, extracted: Extracted) -> dict[str, torch.T
 
 
 def convert_checkpoint(source: str, file: str | Path, directory: str | Path, arch: str | None = None,
-                       keep_heads: bool = False, overwrite: bool = False) -> ConversionReport:
-    """Convert an original release FILE into an sslzoo checkpoint folder at ``directory``."""
+                       keep_heads: bool = False, overwrite: bool = False,
+                       fetched: dict[str, Any] | None = None) -> ConversionReport:
+    """Convert an original release FILE into an sslzoo checkpoint folder at ``directory``.
+
+    ``fetched`` (from ``zoo.fetch``) records where the file was downloaded from; it is kept in
+    config.json as ``conversion.fetched``."""
     file, directory = Path(file), Path(directory)
     candidates = releases_for(source, arch)  # bad names fail before the file is read
     if (directory / CONFIG_NAME).exists() and not overwrite:
@@ -123,6 +127,8 @@ def convert_checkpoint(source: str, file: str | Path, directory: str | Path, arc
         "added": extracted.added,
         "notes": extracted.notes,
     }
+    if fetched:
+        conversion["fetched"] = dict(fetched)
     save_pretrained(model.eval(), directory, conversion=conversion)
     return ConversionReport(release.name, directory, conversion, len(state),
                             sum(p.numel() for p in model.parameters()))
