@@ -8,7 +8,7 @@ pretrained=pretrained, **kwargs)``. This file imports nothing but ``zoo``, so a 
 ``training`` or ``export`` packages can load sslzoo models without clashes.
 """
 
-dependencies = ["torch", "torchvision", "numpy", "safetensors", "huggingface_hub"]
+dependencies = ["torch", "torchvision", "numpy", "safetensors", "huggingface_hub", "tqdm", "click"]
 
 from zoo.hub import hub_entrypoints as _hub_entrypoints  # noqa: E402
 

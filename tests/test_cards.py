@@ -131,16 +131,15 @@ def test_weights_part_says_where_the_weights_come_from(tmp_path):
     assert f"Shipped with sslzoo (seed 0), sha256 `{'a' * 64}`" in shipped
     download = str(render_card("npid_resnet50"))
     assert "Downloaded from the authors' URL and converted on first use (`zoo fetch npid_resnet50`)" in download
-    by_hand = str(render_card("rotnet_alexnet"))
-    assert "Download by hand from https://mega.nz/" in by_hand
-    assert "`zoo convert rotnet_alexnet model_net_epoch50 -o DIR`" in by_hand
-    assert "Download by hand from https://storage.cloud.google.com/" in str(render_card("simclr_resnet50"))
-    assert "No weights yet: the authors released no weights" in str(render_card("rotnet_nin_cifar10"))
+    by_hand = str(render_card("simclr_resnet50"))
+    assert "Not fetched automatically: sslzoo has no converter for the original release " \
+           "https://storage.cloud.google.com/" in by_hand and "asks for a Google login" in by_hand
+    assert "No weights yet: sslzoo's `paper` recipe has not been run" in str(render_card("cpc_resnet50"))
     untrained = render_card("simclr_resnet_small_fmnist", results=None)
     assert "No weights yet: sslzoo's `small` recipe has not been run" in str(untrained)
     assert "Trained by" not in str(untrained)
-    kinds = {weights_availability(zoo.get_model_entry(n), None).kind for n in ("npid_resnet50", "rotnet_alexnet",
-                                                                               "rotnet_nin_cifar10")}
+    kinds = {weights_availability(zoo.get_model_entry(n), None).kind for n in ("npid_resnet50", "simclr_resnet50",
+                                                                               "cpc_resnet50")}
     assert kinds == {"download", "by hand", "none"}
 
 

@@ -182,6 +182,10 @@ def test_nothing_found_says_where_it_looked_and_what_to_do(monkeypatch):
     msg = str(err.value)
     assert "\n" not in msg and "local hub" in msg and "Hugging Face cache" in msg and "HF_HUB_OFFLINE=1" in msg
     with pytest.raises(WeightsNotAvailableError, match="no published weights yet.*zoo publish DIR --repo sslzoo/"):
+        zoo.create_model("cpc_resnet50", pretrained=True)  # trained by sslzoo: nothing else to look at
+    # a converted release is fetched from the authors last, but HF_HUB_OFFLINE=1 forbids it
+    with pytest.raises(WeightsNotAvailableError, match="no published weights yet.*HF_HUB_OFFLINE=1 forbids "
+                                                       "downloading the authors' release.*`zoo fetch rotnet_alexnet`"):
         zoo.create_model("rotnet_alexnet", pretrained=True)
     with pytest.raises(WeightsNotAvailableError, match="not a checkpoint folder, a registry model name"):
         zoo.from_pretrained("no_such_thing")

@@ -20,7 +20,9 @@ def from_pretrained(id_or_path: str | Path, revision: str | None = None):
 
     ``id_or_path``: a checkpoint folder, a registry model name, or a Hub repo id ``ORG/NAME``
     looked up in the local hub (``$ZOO_HUB``) and then on the Hugging Face Hub (its cache,
-    ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``, token). ``revision`` pins a branch, tag or commit.
+    ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``, token); a registry model converted from the authors'
+    release and not yet published is fetched from that release on first use (``zoo.fetch``).
+    ``revision`` pins a branch, tag or commit.
     """
     from zoo.hub import from_pretrained as _from_pretrained
 

@@ -21,7 +21,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
-from urllib.parse import urlparse
 
 from zoo.errors import UsageError, WeightsError
 from zoo.registry import InputSpec, ModelEntry, PaperResult, get_model_entry, list_models
@@ -105,13 +104,6 @@ def _num(v: float) -> str:
 # Where the weights come from
 # ----------------------------------------------------------------------------------------------
 
-# Hosts whose links a script cannot download from, and why.
-MANUAL_HOSTS = {"mega.nz": "mega.nz serves files through its own client or a browser",
-                "drive.google.com": "Google Drive asks for confirmation in a browser",
-                "docs.google.com": "Google Drive asks for confirmation in a browser",
-                "storage.cloud.google.com": "the link opens the Google Cloud console, which needs a Google login"}
-
-
 @dataclass(frozen=True)
 class Availability:
     """How a registry model's weights are had: ``kind`` is "shipped", "download", "by hand" or "none"."""
@@ -133,13 +125,13 @@ def weights_availability(entry: ModelEntry, results: dict | None) -> Availabilit
                             f"Shipped with sslzoo{of_seed}, sha256 `{results['weights_sha256']}`: the weights travel "
                             "inside the sslzoo package (`zoo/shipped/`, laid out as a local hub), so no download is "
                             "needed.")
-    if w.original_url:
-        host = urlparse(w.original_url).hostname or ""
-        why = MANUAL_HOSTS.get(host.removeprefix("www."))
-        if why:
+    from zoo.fetch import original_release
+
+    release = original_release(name)
+    if release is not None:
+        if release.manual:
             return Availability("by hand", "download by hand, then `zoo convert`",
-                                f"Download by hand from {w.original_url} ({why}), then convert the file "
-                                f"`{w.original_file}`: `zoo convert {name} {w.original_file} -o DIR`.")
+                                f"Not fetched automatically: {release.manual}.")
         return Availability("download", "downloaded and converted on first use",
                             f"Downloaded from the authors' URL and converted on first use (`zoo fetch {name}`): "
                             f"{w.original_url}, file `{w.original_file}`.")

@@ -21,6 +21,7 @@ from zoo.errors import ZooError
 LAZY_COMMANDS: dict[str, str] = {
     "quickstart": "zoo.quickstart:quickstart",
     "convert": "zoo.convert:convert_command",
+    "fetch": "zoo.fetch:fetch_command",
     "train": "training.cli:train",
     "eval": "training.cli:eval_cmd",
     "export": "export.cli:export_cmd",
@@ -77,7 +78,8 @@ def list_cmd(as_json: bool, method: str | None):
     rows = [(e.name, e.method, e.arch, e.pretrain_data, _fmt_input(e.input), weights_origin(e.name)) for e in entries]
     print_table(("model", "method", "architecture", "data", "input", "weights"), rows)
     click.echo("\nweights: shipped = inside sslzoo, loads offline; local hub = $ZOO_HUB; HF Hub = downloaded once; "
-               "original release = the authors' file, converted (`zoo fetch NAME`); none = random init only")
+               "original release = the authors' file, downloaded and converted on first use (`zoo fetch NAME`) or "
+               "by hand (`zoo fetch NAME` says where); none = random init only")
 
 
 @cli.command()
@@ -111,8 +113,12 @@ def info(name: str, as_json: bool):
         click.echo(f"  original      {entry.weights.origin}")
     if entry.weights.original_url or entry.weights.original_file:
         from zoo.convert.releases import RELEASES
+        from zoo.fetch import original_release
 
+        release = original_release(name)
         how = f"`zoo convert {name} FILE -o DIR`" if name in RELEASES else "no converter yet"
+        if release is not None and not release.manual:
+            how = f"`zoo fetch {name}`, or {how} after downloading it"
         click.echo(f"  release file  {entry.weights.original_file} "
                    f"({entry.weights.original_url or 'not released by the authors'}); {how}")
     click.echo(f"  license       {entry.license}")

@@ -8,7 +8,10 @@
 3. the shipped weights: the checkpoints whose numbers the model cards carry travel inside the
    package (``zoo/shipped``, the same layout, read-only), so they load offline on a fresh clone;
 4. the Hugging Face Hub through ``huggingface_hub.snapshot_download``: its cache, revision pinning,
-   ``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` and the token from its usual places.
+   ``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` and the token from its usual places (registry entries not
+   yet published: only the cache);
+5. for a registry entry not yet published, the original authors' release: downloaded, converted
+   and cached in the local hub on first use (``zoo.fetch``).
 
 A registry model name (``"rotnet_alexnet"``) stands for its entry's ``weights.hub_repo``.
 ``publish`` validates a checkpoint folder completely before it writes anything, then writes it
@@ -184,7 +187,7 @@ def _fsync_dir(path: Path) -> None:
 @dataclass(frozen=True)
 class Resolved:
     path: Path     # a folder holding config.json and model.safetensors
-    source: str    # "local folder", "local hub", "shipped", "huggingface"
+    source: str    # "local folder", "local hub", "shipped", "huggingface", "original release"
     repo: str = ""
     revision: str = ""
 
@@ -218,8 +221,9 @@ def resolve_entry(name: str, revision: str | None = None, *, download: bool = Tr
                   hub: LocalHub | None = None) -> Resolved:
     """The checkpoint of registry model ``name``, at its entry's repo and revision.
 
-    Weights the registry does not list as published are looked for only locally (local hub and
-    the Hugging Face cache): there is nothing to download yet.
+    Weights the registry does not list as published are looked for locally (local hub, shipped
+    weights, the Hugging Face cache), then fetched from the original authors' release and
+    converted into the local hub where the entry has one (``zoo.fetch``).
     """
     from zoo.registry import get_model_entry
 
@@ -231,10 +235,16 @@ def resolve_entry(name: str, revision: str | None = None, *, download: bool = Tr
     except WeightsNotAvailableError as err:
         if published:
             raise
+        from zoo.fetch import resolve_release  # last: the authors' release, fetched and converted
+
+        fetched = resolve_release(name, revision, download=download, hub=hub)
+        if fetched is not None:
+            return fetched
         hub = hub or LocalHub()
         raise WeightsNotAvailableError(
             f"{name!r} has no published weights yet (status: {entry.weights.status}) and none are in the local "
-            f"hub {hub.root} or the Hugging Face cache under {entry.weights.hub_repo}; train or convert it, then "
+            f"hub {hub.root}, the shipped weights or the Hugging Face cache under {entry.weights.hub_repo}; "
+            f"train or convert it, then "
             f"`zoo publish DIR --repo {entry.weights.hub_repo}`, or use pretrained=False") from err
 
 
@@ -253,7 +263,8 @@ def _resolve_repo(repo: str, revision: str | None, *, download: bool, hub: Local
 
 def weights_origin(name: str) -> str:
     """Where ``create_model(name, pretrained=True)`` would take the weights from, without loading
-    or downloading anything: "local hub", "shipped", "HF Hub", "original release" or "none"."""
+    or downloading anything: "local hub", "shipped", "HF Hub", "original release, on first use"
+    (fetched and converted), "original release, by hand" or "none"."""
     from zoo.registry import get_model_entry
 
     weights = get_model_entry(name).weights
@@ -266,8 +277,11 @@ def weights_origin(name: str) -> str:
         return "shipped"
     if weights.status == "published":
         return "HF Hub"
-    if weights.original_url:
-        return "original release"
+    from zoo.fetch import original_release
+
+    release = original_release(name)
+    if release is not None:
+        return "original release, by hand" if release.manual else "original release, on first use"
     return "none"
 
 

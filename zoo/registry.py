@@ -8,6 +8,7 @@ spec the weights expect, where the weights live and the paper's own numbers.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, NamedTuple
 
@@ -88,9 +89,13 @@ class Weights:
     """Where the weights live. ``status`` stays "not yet published" until an upload is verified.
 
     For a converted release, ``origin`` is the authors' repository, ``original_url`` the download
-    link they gave and ``original_file`` the file `zoo convert` reads (inside the download when
-    that is an archive). ``release_note`` says what the authors said about the release itself
-    (for instance that it is not the model of the paper), with the URL where they said it.
+    link they gave and ``original_file`` the file `zoo convert` reads: the download itself when
+    the names agree, else the member of the archive it names (``569/best_net.pytorch``: a member
+    whose path ends with those components). ``original_size`` (bytes) and ``original_sha256``
+    describe the file at ``original_url`` and are recorded only where a public source states
+    them; ``zoo fetch`` (``zoo.fetch``) refuses a download that disagrees with either.
+    ``release_note`` says what the authors said about the release itself (for instance that it is
+    not the model of the paper), with the URL where they said it.
     """
 
     hub_repo: str
@@ -100,6 +105,14 @@ class Weights:
     original_url: str = ""
     original_file: str = ""
     release_note: str = ""
+    original_size: int | None = None
+    original_sha256: str | None = None
+
+    def __post_init__(self):
+        if self.original_size is not None and (not isinstance(self.original_size, int) or self.original_size <= 0):
+            raise ValueError(f"{self.hub_repo}: original_size must be a positive number of bytes")
+        if self.original_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.original_sha256):
+            raise ValueError(f"{self.hub_repo}: original_sha256 must be 64 lower-case hex digits")
 
 
 @dataclass(frozen=True)
@@ -158,8 +171,9 @@ def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Modul
     The returned backbone carries ``model.entry`` (its ``ModelEntry``) and ``model.arch_kwargs``
     (the arguments it was built with), which ``save_pretrained`` and the exporters read.
     ``pretrained=True`` loads the entry's checkpoint (``weights.hub_repo`` at ``weights.revision``)
-    the way ``zoo.from_pretrained`` does: local hub first, then the Hugging Face Hub; ``kwargs``
-    may then only repeat the arguments the weights were saved with.
+    the way ``zoo.from_pretrained`` does: local hub first, then the Hugging Face Hub, then (for a
+    converted release not yet published) the authors' release, fetched and converted on first
+    use; ``kwargs`` may then only repeat the arguments the weights were saved with.
     """
     entry = get_model_entry(name)
     if pretrained:
@@ -244,30 +258,41 @@ def _hub_repo(name: str, data: str) -> str:
 def _release(name: str, arch: str, method: str, paper: Paper, origin: str, license: str,
              description: str, input: InputSpec = _IN1K_224, data: str = "ImageNet-1k",
              results: tuple[PaperResult, ...] = (), url: str = "", file: str = "", note: str = "",
+             size: int | None = None, sha256: str | None = None,
              embedding_layer: str = "", **arch_kwargs: Any) -> ModelEntry:
     """An original authors' release, converted by `zoo convert` and published as sslzoo/<name>.
 
-    ``url`` is the authors' download link, ``file`` the file in it that `zoo convert` reads and
-    ``note`` what the authors say about this release (``Weights.release_note``).
+    ``url`` is the authors' download link, ``file`` the file in it that `zoo convert` reads,
+    ``note`` what the authors say about this release (``Weights.release_note``); ``size`` and
+    ``sha256`` those of the download, only where a public source states them.
     """
     return register_model(ModelEntry(
         name=name, arch=arch, method=method, pretrain_data=data, input=input,
         weights=Weights(hub_repo=_hub_repo(name, data), origin=origin, original_url=url, original_file=file,
-                        release_note=note),
+                        release_note=note, original_size=size, original_sha256=sha256),
         paper=paper, license=license, description=description, arch_kwargs=arch_kwargs,
         paper_results=results, embedding_layer=embedding_layer,
     ))
 
 
+# Download links as the authors' READMEs give them (checked against each repository's latest
+# README): FeatureLearningRotNet README (GitHub release v1 since 2023-10; mega.nz before),
+# deepcluster README / download_model.sh (dl.fbaipublicfiles.com; s3.amazonaws.com before),
+# DeeperCluster README, self-label README and scripts/download_models.sh, lemniscate.pytorch
+# README (frontiers.blob.core.windows.net since 2020-08; zhirongw.westus2.cloudapp.azure.com
+# before), VISSL MODEL_ZOO.md and projects/PIRL/README.md, multigrain README, IIC
+# examples/trained_models.txt, simclr README, deepmind-research byol/README.md. No README states
+# a file's exact size or checksum, so no entry records original_size or original_sha256 yet.
 _VISSL_ZOO = "https://dl.fbaipublicfiles.com/vissl/model_zoo"
 _SELA_ASSETS = "http://www.robots.ox.ac.uk/~vgg/research/self-label/asset"
+_ROTNET_RELEASES = "https://github.com/gidariss/FeatureLearningRotNet/releases/download/v1"
+_NPID_FILES = "https://frontiers.blob.core.windows.net/pretraining/checkpoints/pil_pretrained_models/lemniscate"
 
 
 _release("rotnet_alexnet", "alexnet_rotnet", "rotnet", ROTNET,
          "https://github.com/gidariss/FeatureLearningRotNet", "mit",
          "AlexNet trained to predict which of 4 rotations was applied to an ImageNet image.",
-         url="https://mega.nz/#!n81AnC6L!xTbo_D3xd7QOpOSG1UFSChmDr8mbcuWbVjhQMaC4yoE",
-         file="model_net_epoch50",
+         url=f"{_ROTNET_RELEASES}/ImageNet_RotNet_AlexNet.tar.gz", file="model_net_epoch50",
          note="The authors' README says this released model is not the one used in the paper and may give "
               "(slightly) different results; on ImageNet and Places205 classification it did better than the "
               "paper's model (https://github.com/gidariss/FeatureLearningRotNet/blob/"
@@ -281,20 +306,21 @@ _release("rotnet_alexnet", "alexnet_rotnet", "rotnet", ROTNET,
          ))
 _release("rotnet_nin_cifar10", "nin", "rotnet", ROTNET,
          "https://github.com/gidariss/FeatureLearningRotNet", "mit",
-         "RotNet's 4-block Network-in-Network trained on CIFAR-10 rotations (the authors released no "
-         "CIFAR weights: this converts a model trained with their code and config).",
-         input=_CIFAR_ROTNET, data="CIFAR-10", file="model_net_epoch200", num_blocks=4, pool_after_block3=False)
+         "RotNet's 4-block Network-in-Network trained on CIFAR-10 rotations, the authors' release (their "
+         "README notes it is not exactly the model of the paper).",
+         input=_CIFAR_ROTNET, data="CIFAR-10", url=f"{_ROTNET_RELEASES}/CIFAR10_RotNet_NIN4blocks.tar.gz",
+         file="model_net_epoch200", num_blocks=4, pool_after_block3=False)
 _release("deepcluster_alexnet", "alexnet_deepcluster", "deepcluster", DEEPCLUSTER,
          "https://github.com/facebookresearch/deepcluster", "cc-by-nc-4.0",
          "AlexNet with a fixed Sobel front end, trained on k-means pseudo-labels of its own features.",
          input=dataclasses.replace(_IN1K_224, sobel_in_model=True),
-         url="https://s3.amazonaws.com/deepcluster/alexnet/checkpoint.pth.tar", file="checkpoint.pth.tar",
+         url="https://dl.fbaipublicfiles.com/deepcluster/alexnet/checkpoint.pth.tar", file="checkpoint.pth.tar",
          results=(_in1k(37.88, _VISSL_ALEXNET, "VISSL MODEL_ZOO.md", f"{_VISSL_MODEL_ZOO}#L127"),))
 _release("deepcluster_vgg16", "vgg16_bn", "deepcluster", DEEPCLUSTER,
          "https://github.com/facebookresearch/deepcluster", "cc-by-nc-4.0",
          "VGG-16-BN with a fixed Sobel front end, trained with DeepCluster.",
          input=dataclasses.replace(_IN1K_224, sobel_in_model=True),
-         url="https://s3.amazonaws.com/deepcluster/vgg16/checkpoint.pth.tar", file="checkpoint.pth.tar", sobel=True)
+         url="https://dl.fbaipublicfiles.com/deepcluster/vgg16/checkpoint.pth.tar", file="checkpoint.pth.tar", sobel=True)
 _release("deepercluster_vgg16", "vgg16_bn", "deepercluster", DEEPERCLUSTER,
          "https://github.com/facebookresearch/DeeperCluster", "cc-by-nc-4.0",
          "VGG-16-BN with Sobel, trained on rotation x cluster targets of non-curated images.",
@@ -329,8 +355,7 @@ _release("sela_resnet50_augpp", "resnet50", "sela", SELA,
 _release("npid_resnet50", "resnet50", "npid", NPID,
          "https://github.com/zhirongw/lemniscate.pytorch", "unknown",
          "ResNet-50 with a 128-d L2-normalised embedding trained by instance discrimination.",
-         url="http://zhirongw.westus2.cloudapp.azure.com/models/lemniscate_resnet50.pth.tar",
-         file="lemniscate_resnet50.pth.tar",
+         url=f"{_NPID_FILES}/lemniscate_resnet50.pth", file="lemniscate_resnet50.pth",
          results=(_in1k(46.8, "top-1 nearest-neighbour accuracy on the 128-d embedding of the original ResNet 50 "
                               "release (4,096 negatives, NCE); the code's test mode is a weighted kNN, k=200",
                         "lemniscate README", f"{_NPID_README}#L18"),
@@ -340,8 +365,7 @@ _release("npid_resnet50", "resnet50", "npid", NPID,
 _release("npid_resnet18", "resnet18", "npid", NPID,
          "https://github.com/zhirongw/lemniscate.pytorch", "unknown",
          "ResNet-18 with a 128-d L2-normalised embedding trained by instance discrimination.",
-         url="http://zhirongw.westus2.cloudapp.azure.com/models/lemniscate_resnet18.pth.tar",
-         file="lemniscate_resnet18.pth.tar",
+         url=f"{_NPID_FILES}/lemniscate_resnet18.pth", file="lemniscate_resnet18.pth",
          results=(_in1k(41.0, "top-1 nearest-neighbour accuracy on the 128-d embedding of the original ResNet 18 "
                               "release; the code's test mode is a weighted kNN, k=200", "lemniscate README",
                         f"{_NPID_README}#L17"),),
@@ -411,7 +435,7 @@ _release("iic_net5g", "iic_net5g", "iic", IIC,
          "IIC's ClusterNet5g (ResNet-34 trunk) trained on STL-10 by invariant information clustering "
          "(model 569: two heads, 70 and 10 clusters, 5 sub-heads each); Sobel gradients inside the model.",
          input=InputSpec(size=64, resize=96, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), sobel_in_model=True),
-         data="STL-10", url="https://www.robots.ox.ac.uk/~xuji/models/models.tar.gz", file="best_net.pytorch",
+         data="STL-10", url="https://www.robots.ox.ac.uk/~xuji/models/models.tar.gz", file="569/best_net.pytorch",
          results=(PaperResult("image-classification", "STL-10", "accuracy (Hungarian)", 59.6,
                               "unsupervised clustering: the 10-cluster head's lowest-loss sub-head, clusters matched "
                               "to classes by the Hungarian method, on the 13,000 labelled images (the paper's Table 1, "

@@ -64,7 +64,7 @@ def _pick(source: str, file: Path, obj: Any, candidates: list[Release], keep_hea
         raise UsageError(f"{file.name} is not in a layout `zoo convert {source}` knows: it holds "
                          f"{found_keys(obj)} ({'; '.join(reasons)}). Supported: {layouts}")
     if len(fits) > 1:  # e.g. several VISSL ResNet-50 releases: the file name may tell
-        named = [f for f in fits if get_model_entry(f[0].name).weights.original_file == file.name]
+        named = [f for f in fits if Path(get_model_entry(f[0].name).weights.original_file).name == file.name]
         if len(named) != 1:
             names = ", ".join(r.name for r, _ in fits)
             raise UsageError(f"{file.name} fits {names}; name the one it is, e.g. "
@@ -93,8 +93,12 @@ def _complete(model: torch.nn.Module, extracted: Extracted) -> dict[str, torch.T
 
 
 def convert_checkpoint(source: str, file: str | Path, directory: str | Path, arch: str | None = None,
-                       keep_heads: bool = False, overwrite: bool = False) -> ConversionReport:
-    """Convert an original release FILE into an sslzoo checkpoint folder at ``directory``."""
+                       keep_heads: bool = False, overwrite: bool = False,
+                       fetched: dict[str, Any] | None = None) -> ConversionReport:
+    """Convert an original release FILE into an sslzoo checkpoint folder at ``directory``.
+
+    ``fetched`` (from ``zoo.fetch``) records where the file was downloaded from; it is kept in
+    config.json as ``conversion.fetched``."""
     file, directory = Path(file), Path(directory)
     candidates = releases_for(source, arch)  # bad names fail before the file is read
     if (directory / CONFIG_NAME).exists() and not overwrite:
@@ -123,6 +127,8 @@ def convert_checkpoint(source: str, file: str | Path, directory: str | Path, arc
         "added": extracted.added,
         "notes": extracted.notes,
     }
+    if fetched:
+        conversion["fetched"] = dict(fetched)
     save_pretrained(model.eval(), directory, conversion=conversion)
     return ConversionReport(release.name, directory, conversion, len(state),
                             sum(p.numel() for p in model.parameters()))
