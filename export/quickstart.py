@@ -1,7 +1,7 @@
 """Quickstart stages of the deployment path: export, extract, index, search.
 
-They take the checkpoint folder the training stages left in ``ctx.data["checkpoint"]``, or fall
-back to a registry model (random-init, and said so), and run the same functions the ``zoo export``,
+They take the quickstart's shipped model by its registry name (``zoo.quickstart.QUICKSTART_MODEL``:
+the weights inside sslzoo, no network) and run the same functions the ``zoo export``,
 ``zoo extract``, ``zoo index build`` and ``zoo search`` commands run, on JPEG files written from the
 copy-detection set built out of the shipped photos.
 """
@@ -16,23 +16,21 @@ import numpy as np
 
 from zoo.quickstart import Context, SummaryRow
 
-FALLBACK_MODEL = "rotnet_nin_fmnist"  # 32x32 input: exports and runs in seconds
-
 
 def export_stage(ctx: Context) -> list[SummaryRow]:
-    """Export the trained checkpoint (or a registry model) to ONNX, fp32 and int8, parity-checked."""
+    """Export the quickstart's shipped model by its registry name (its published weights) to ONNX,
+    fp32 and int8, parity-checked on real photos."""
     from export.embedding import build_embedding_model, load_backbone
     from export.onnx_export import export_onnx, quantize_int8, read_metadata, verify_onnx
+    from zoo.quickstart import QUICKSTART_MODEL
 
     start = time.perf_counter()
-    checkpoint = ctx.data.get("checkpoint")
-    source = str(checkpoint) if checkpoint and Path(checkpoint).is_dir() else FALLBACK_MODEL
-    backbone, weights = load_backbone(source)
-    model, spec = build_embedding_model(backbone, source, weights)
+    backbone, weights = load_backbone(QUICKSTART_MODEL)
+    model, spec = build_embedding_model(backbone, QUICKSTART_MODEL, weights)
     out = ctx.out / "export"
     fp32 = export_onnx(model, spec, out / "model.onnx")
     diff32 = verify_onnx(model, spec, fp32)
-    what = f"{spec.model} ({'checkpoint ' + source if weights == 'checkpoint' else 'random-init: no checkpoint from training'})"
+    what = f"{spec.model} ({spec.weights_origin.split(' (')[0]}, sha256 {spec.weights_file_sha256[:12]})"
     result = f"{spec.model} -> ONNX fp32 (max diff {diff32:.0e})"
     line = f"[export] {what}: {spec.layer} {spec.pool} {spec.dim}-d -> {fp32}; max |ORT - PyTorch| on real photos: fp32 {diff32:.1e}"
     int8 = None
@@ -121,8 +119,8 @@ def search_stage(ctx: Context) -> list[SummaryRow]:
     top = [(ids[j], float(s)) for s, j in zip(scores[0], found[0])]
     click.echo(f"[search] {path.name}: " + ", ".join(f"{Path(i).name} ({s:.3f})" for i, s in top))
     hit = name in Path(top[0][0]).name
-    # A miss is a property of the model, not of the pipeline: the quickstart's RotNet saw only 32-pixel
-    # grey garments, and the index row above gives its copy-detection mAP.
+    # A miss is a property of the model, not of the pipeline: the quickstart's shipped model saw only
+    # 32-pixel grey garments, and the index row above gives its copy-detection mAP.
     verdict = "the same photo" if hit else "a different photo: this small Fashion-MNIST model is weak on photos"
     return [SummaryRow("search", f"query {name}: top hit {Path(top[0][0]).name} ({verdict})",
                        time.perf_counter() - start)]

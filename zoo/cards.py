@@ -524,8 +524,9 @@ def _loading_section(entry: ModelEntry, ckpt: _Checkpoint | None) -> str:
     return ("## Loading\n\n" + "\n\n".join(blocks) + "\n\n"
             "Loading is strict: every key and shape must match and the weights' sha256 must equal the one "
             "in config.json. Checkpoints are looked for in a local folder, then in the local hub (`$ZOO_HUB`, "
-            "default `~/.cache/sslzoo/hub`), then on the Hugging Face Hub (its cache, `HF_HUB_OFFLINE`, "
-            "`HF_ENDPOINT`, `HF_TOKEN`).")
+            "default `~/.cache/sslzoo/hub`), then among the weights shipped inside sslzoo (`zoo/shipped`), then on "
+            "the Hugging Face Hub (its cache, `HF_HUB_OFFLINE`, `HF_ENDPOINT`, `HF_TOKEN`), then, for a converted "
+            "release, the authors' own file (`zoo fetch NAME`).")
 
 
 # ----------------------------------------------------------------------------------------------

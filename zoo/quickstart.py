@@ -16,18 +16,24 @@ from typing import Any
 
 import click
 
-# The stages, in order. Later stages (train, evaluate, publish, load, export, extract, index,
-# search) append themselves here as they land.
+from zoo.errors import ZooError
+
+# The stages, in order: first what a user of published weights does (load, export, extract,
+# index, search: seconds), then what a researcher does (train a small model, evaluate, publish).
 STAGES: list[str] = [
     "zoo.quickstart:backbones_stage",
-    "training.quickstart:train_stage",
-    "training.quickstart:eval_stage",
-    "training.quickstart:publish_stage",
+    "zoo.quickstart:pretrained_stage",
     "export.quickstart:export_stage",
     "export.quickstart:extract_stage",
     "export.quickstart:index_stage",
     "export.quickstart:search_stage",
+    "training.quickstart:train_stage",
+    "training.quickstart:eval_stage",
+    "training.quickstart:publish_stage",
 ]
+
+# The shipped model the loading, export and search stages use (weights inside sslzoo: no network).
+QUICKSTART_MODEL = "simclr_resnet_small_fmnist"
 
 
 @dataclass
@@ -82,6 +88,34 @@ def backbones_stage(ctx: Context) -> list[SummaryRow]:
     ctx.data["photos"] = photos
     return [SummaryRow("backbones", f"{len(rows)} registry models ran on {len(photos)} real photos",
                        time.perf_counter() - start)]
+
+
+def pretrained_stage(ctx: Context) -> list[SummaryRow]:
+    """Load a shipped model by name, from Python and through torch.hub, and embed the photos."""
+    import torch
+
+    from zoo.checkpoint import sha256_file
+    from zoo.photos import load_photos
+    from zoo.preprocess import preprocess
+    from zoo.registry import create_model
+
+    start = time.perf_counter()
+    model = create_model(QUICKSTART_MODEL, pretrained=True)
+    where = model.checkpoint_source
+    repo_root = Path(__file__).resolve().parents[1]
+    hubbed = torch.hub.load(str(repo_root), QUICKSTART_MODEL, source="local", pretrained=True, trust_repo=True)
+    photos = ctx.data.get("photos") or load_photos(limit=4)
+    batch = preprocess(list(photos.values()), model.entry.input)
+    with torch.no_grad():
+        ours, theirs = model.forward_features(batch), hubbed.forward_features(batch)
+    if not all(torch.equal(ours[k], theirs[k]) for k in ours):
+        raise ZooError(f"{QUICKSTART_MODEL} from torch.hub differs from zoo.create_model; please report it")
+    sha = sha256_file(where.path / "model.safetensors")
+    click.echo(f"[pretrained] zoo.create_model({QUICKSTART_MODEL!r}, pretrained=True) and torch.hub.load(..., "
+               f"source='local', pretrained=True): {where.source} weights {where.repo}@{where.revision}, sha256 "
+               f"{sha[:12]}..., bit-identical features of {len(photos)} photos")
+    return [SummaryRow("pretrained", f"{QUICKSTART_MODEL}: {where.source} weights (sha256 {sha[:12]}) loaded by name "
+                       "and through torch.hub, offline", time.perf_counter() - start)]
 
 
 def run_stages(ctx: Context, stages: list[str] | None = None) -> list[SummaryRow]:
