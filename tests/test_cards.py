@@ -17,7 +17,7 @@ from zoo.cards import (
     stale_files, weights_availability, write_cards,
 )
 from zoo.cli import main as zoo_main
-from zoo.results import beats_random_init, normalise
+from zoo.results import _problem, beats_random_init, normalise
 
 CARDS = ROOT / "MODEL_CARDS"
 SECTIONS = ["## Weights", "## Pretext task", "## Pretraining", "## Preprocessing", "## Feature layers",
@@ -112,8 +112,20 @@ def test_the_beats_rule():
     assert beats_random_init(73.41, 0.3, None, None) is None
 
 
+def single_run_results() -> dict:
+    """A results file in the single-run form (one training run, layer picked on the test split) that
+    results recorded before multi-seed evaluation still have."""
+    knn = {"task": "image-classification", "dataset": "Fashion-MNIST test (10,000)", "metric": "top-1",
+           "value": 73.77, "layer": "layer4", "protocol_id": "knn",
+           "protocol": "weighted kNN on globally average-pooled layer4 features (cosine, k=200)",
+           "per_layer": {"stem": 55.74, "layer1": 62.34, "layer2": 65.15, "layer3": 70.76, "layer4": 73.77},
+           "command": "zoo eval runs/simclr-small --protocol knn --record",
+           "baseline": {"random-init": 66.54}, "baseline_layer": {"random-init": "layer4"}}
+    return {"model": "simclr_resnet_small_fmnist", "weights_sha256": "b" * 64, "results": [knn]}
+
+
 def test_single_run_results_still_render(tmp_path):
-    card = str(render_card("simclr_resnet_small_fmnist"))  # the committed results file is a single run
+    card = str(render_card("simclr_resnet_small_fmnist", results=single_run_results()))
     assert "| 73.77 (1 run) | 66.54 | not tested (1 run) |" in card
     assert "one run at layer layer4, the best on the test split itself" in card and BEATS_RULE not in card
 
@@ -297,3 +309,18 @@ def multi_seed_results() -> dict:
                          "method": "simclr", "seed": 0, "batch_size": 256, "threads": 1, "precision": "bf16",
                          "cpu": "AMD EPYC"},
             "results": [knn, linear, retrieval]}
+
+
+def test_one_training_seed_records_without_a_spread_and_says_its_layer_came_from_validation():
+    one_seed = multi_seed_results()
+    for r in one_seed["results"]:
+        r.update(seeds=[0], per_seed=r["per_seed"][:1], layer_per_seed=r["layer_per_seed"][:1])
+        r.pop("std"), r.pop("baseline_std"), r.pop("beats_baseline", None)
+        r["baseline_per_seed"] = {"random-init": r["baseline_per_seed"]["random-init"][:1]}
+    assert _problem(one_seed) == ""  # one seed needs no "std"
+    card = str(render_card("simclr_resnet_small_fmnist", results=one_seed))
+    assert "| 73.41 (1 run) | 66.1 | not tested (1 run) |" in card
+    assert "one run at layer layer4, chosen on validation" in card and "the best on the test split itself" not in card
+    two_seeds = multi_seed_results()
+    two_seeds["results"][0].pop("std")
+    assert "several seeds but no \"std\"" in _problem(two_seeds)

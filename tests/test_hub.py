@@ -23,6 +23,8 @@ from zoo.cli import main as zoo_main
 from zoo.hub import CHECKPOINT_FILES, LocalHub, publish, snapshot_id_of
 
 REPO = "sslzoo/rotnet-nin-fmnist"  # the registry repo of rotnet_nin_fmnist
+# A registry repo with no shipped weights, so that the Hugging Face cache is where loading ends up.
+HF_MODEL, HF_REPO = "rotnet_nin_cifar10", "sslzoo/rotnet-nin-cifar10"
 
 
 def _smallest_model_per_architecture() -> dict[str, str]:
@@ -133,24 +135,24 @@ def test_failed_or_interrupted_publish_leaves_previous_version(tmp_path, monkeyp
 
 def test_hf_offline_cache_loads_through_huggingface_hub(tmp_path):
     """The real huggingface_hub code path, configured only through the environment."""
-    model = random_model("rotnet_nin_fmnist", seed=3)
+    model = random_model(HF_MODEL, seed=3)
     model.save_pretrained(tmp_path / "ckpt")
     commit = "0123456789abcdef0123456789abcdef01234567"
-    lay_out_hf_cache(tmp_path / "hf-cache", REPO, tmp_path / "ckpt", commit)
+    lay_out_hf_cache(tmp_path / "hf-cache", HF_REPO, tmp_path / "ckpt", commit)
     torch.save(features(model), tmp_path / "expected.pt")
     script = f"""
 import torch, zoo
 from hubtools import assert_same_features, features
 expected = torch.load({str(tmp_path / 'expected.pt')!r})
 for how in ("repo", "pinned", "registry"):
-    model = {{"repo": lambda: zoo.from_pretrained({REPO!r}),
-              "pinned": lambda: zoo.from_pretrained({REPO!r}, revision={commit!r}),
-              "registry": lambda: zoo.create_model("rotnet_nin_fmnist", pretrained=True)}}[how]()
+    model = {{"repo": lambda: zoo.from_pretrained({HF_REPO!r}),
+              "pinned": lambda: zoo.from_pretrained({HF_REPO!r}, revision={commit!r}),
+              "registry": lambda: zoo.create_model({HF_MODEL!r}, pretrained=True)}}[how]()
     assert model.checkpoint_source.source == "huggingface", model.checkpoint_source
     assert {commit!r} in str(model.checkpoint_source.path)
     assert_same_features(features(model), expected)
 try:
-    zoo.from_pretrained({REPO!r}, revision="v9")
+    zoo.from_pretrained({HF_REPO!r}, revision="v9")
 except zoo.ZooError as err:
     print("ERROR", err)
 print("OK")
@@ -162,18 +164,18 @@ print("OK")
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines()[-1] == "OK"
     error = res.stdout.splitlines()[0]
-    assert "sslzoo/rotnet-nin-fmnist@v9 not found" in error and "HF_HUB_OFFLINE=1 forbids downloading" in error
+    assert f"{HF_REPO}@v9 not found" in error and "HF_HUB_OFFLINE=1 forbids downloading" in error
 
 
 def test_hf_cache_damaged_blob_is_refused(tmp_path):
-    model = random_model("rotnet_nin_fmnist")
+    model = random_model(HF_MODEL)
     model.save_pretrained(tmp_path / "ckpt")
-    snapshot = lay_out_hf_cache(Path(__import__("huggingface_hub").constants.HF_HUB_CACHE), REPO,
+    snapshot = lay_out_hf_cache(Path(__import__("huggingface_hub").constants.HF_HUB_CACHE), HF_REPO,
                                 tmp_path / "ckpt", "f" * 40)
     blob = (snapshot / WEIGHTS_NAME).resolve()
     blob.write_bytes(blob.read_bytes()[:-10] + b"0" * 10)
     with pytest.raises(WeightsError, match=r"model\.safetensors has sha256 .* config\.json expects"):
-        zoo.from_pretrained(REPO)
+        zoo.from_pretrained(HF_REPO)
 
 
 def test_nothing_found_says_where_it_looked_and_what_to_do(monkeypatch):

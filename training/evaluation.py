@@ -754,7 +754,7 @@ def evaluate(models: Sequence[str], protocols: Sequence[str], data: str | None =
                 "split_size": chosen.get("queries") if protocol == "retrieval" else len(eval_data.test),
                 "metric": metric, "protocol_id": protocol,
                 "value": round(summary["value"], 2),
-                "std": None if summary["std"] is None else round(summary["std"], 2),
+                **({} if summary["std"] is None else {"std": round(summary["std"], 2)}),  # no spread from one seed
                 "seeds": [_seed_of(m, i) for i, m in enumerate(loaded)],
                 "per_seed": summary["per_seed"], "layer": summary["layer"], "layer_per_seed": summary["layer_per_seed"],
                 "layer_selected_on": ("validation variant of the benchmark (train-split images)" if protocol == "retrieval"
@@ -773,11 +773,14 @@ def evaluate(models: Sequence[str], protocols: Sequence[str], data: str | None =
             if baseline_seeds:
                 base = summarise_seeds([scores[protocol][key] for scores in base_scores])
                 entry["baseline"] = {"random-init": round(base["value"], 2)}
-                entry["baseline_std"] = {"random-init": None if base["std"] is None else round(base["std"], 2)}
+                if base["std"] is not None:
+                    entry["baseline_std"] = {"random-init": round(base["std"], 2)}
                 entry["baseline_per_seed"] = {"random-init": base["per_seed"]}
                 entry["baseline_layer"] = {"random-init": base["layer"]}
                 entry["baseline_per_layer"] = {"random-init": {n: round(v, 2) for n, v in base["per_layer"].items()}}
-                entry["beats_baseline"] = beats_random_init(summary["value"], summary["std"], base["value"], base["std"])
+                beats = beats_random_init(summary["value"], summary["std"], base["value"], base["std"])
+                if beats is not None:  # untested without a spread on both sides
+                    entry["beats_baseline"] = beats
             results.append(entry)
     return _report(loaded, protocols, command, eval_data, counter, results)
 
@@ -833,10 +836,10 @@ def print_report(report: dict[str, Any]) -> None:
                 for layer, value in entry["per_layer"].items()]
         click.echo(f"\n{entry['protocol_id']}: {entry['metric']} (%), test, mean over seeds")
         print_table(("layer", "model", "random-init"), rows)
-        line = (f"chosen on validation: {', '.join(entry['layer_per_seed'])} -> {_fmt(entry['value'], entry['std'])}")
+        line = (f"chosen on validation: {', '.join(entry['layer_per_seed'])} -> {_fmt(entry['value'], entry.get('std'))}")
         if "baseline" in entry:
-            line += (f"; random-init {_fmt(entry['baseline']['random-init'], entry['baseline_std']['random-init'])}"
-                     + {True: " (beats it by > 2 std)", False: " (not by > 2 std)", None: ""}[entry["beats_baseline"]])
+            line += (f"; random-init {_fmt(entry['baseline']['random-init'], entry.get('baseline_std', {}).get('random-init'))}"
+                     + {True: " (beats it by > 2 std)", False: " (not by > 2 std)", None: ""}[entry.get("beats_baseline")])
         click.echo(line)
     if report["skipped_images"]:
         click.echo(f"skipped {report['skipped_images']} unreadable image(s)")

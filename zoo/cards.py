@@ -542,10 +542,13 @@ def _results_section(entry: ModelEntry, ours: list[Result], ours_note: str, resu
             text.append("A multi-seed number is the mean ± std over the training seeds; each seed is evaluated at "
                         "its own best layer, chosen on a validation split, and so is the random-init network. "
                         f"Throughout, {BEATS_RULE}.")
-        if any(not r.multi_seed for r in ours):
+        if any(not r.multi_seed and not r.layer_selected_on for r in ours):
             text.append("A single-run number (\"1 run\") comes from one training run at the layer that scored best "
                         "on the evaluated split itself, which flatters it; with no spread it is not tested against "
                         "random init.")
+        if any(not r.multi_seed and r.layer_selected_on for r in ours):
+            text.append("A number from one training seed (\"1 run\") is measured at the layer chosen on a validation "
+                        "split; with no spread over seeds it is not tested against random init.")
         text.append("| task | dataset (split) | metric | sslzoo | random init | beats random init | protocol | "
                     "reproduce |\n|---|---|---|---|---|---|---|---|\n"
                     + "\n".join(_our_row(r) for r in ours))
@@ -586,7 +589,8 @@ def _detail(r: Result) -> str:
         if r.baseline_per_seed:
             parts.append(f"random init per seed: {', '.join(map(_num, r.baseline_per_seed))}")
     else:
-        parts = [f"one run at layer {r.layer or '?'}, the best on the {r.split} split itself"]
+        parts = [f"one run at layer {r.layer or '?'}, " + (f"chosen on {r.layer_selected_on}" if r.layer_selected_on
+                                                           else f"the best on the {r.split} split itself")]
     if r.per_layer:
         parts.append(("mean per layer: " if r.multi_seed else "per layer: ")
                      + ", ".join(f"{k} {_num(v)}" for k, v in r.per_layer.items()))

@@ -87,8 +87,8 @@ def _problem(data: dict) -> str:
             if not (isinstance(per_seed, list) and isinstance(run_seeds, list) and len(per_seed) == len(run_seeds)
                     and per_seed and all(_is_number(v) for v in per_seed)):
                 return f"results[{i}]: \"seeds\" and \"per_seed\" must be lists of the same length, one number a seed"
-            if "std" not in r:
-                return f"results[{i}] has per-seed values but no \"std\""
+            if "std" not in r and len(per_seed) > 1:
+                return f"results[{i}] has values of several seeds but no \"std\""
         if "beats_baseline" in r and not isinstance(r["beats_baseline"], bool):
             return f"results[{i}].beats_baseline must be true or false"
         baseline = r.get("baseline", {}).get(RANDOM_INIT)
