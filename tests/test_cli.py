@@ -5,6 +5,7 @@ from pathlib import Path
 from conftest import ROOT, run_zoo
 
 from zoo import list_models
+from zoo.quickstart import QUICKSTART_MODEL
 
 
 def test_list_json_lists_every_model():
@@ -46,3 +47,9 @@ def test_quickstart_runs_on_shipped_photos(tmp_path):
     assert "rotnet_nin_fmnist" in res.stdout and "summary" in res.stdout
     assert "ran on 4 real photos" in res.stdout
     assert "from_pretrained and torch.hub.load give bit-identical features" in res.stdout
+    summary = res.stdout[res.stdout.index("\nsummary\n"):].splitlines()[4:]
+    stages = [line.split("  ")[0] for line in summary if line and not line.startswith("quickstart finished")]
+    assert stages == ["backbones", "pretrained", "export", "extract", "index", "search", "train", "eval linear",
+                      "eval knn", "publish+load"]  # what a user does first comes first
+    pretrained = next(line for line in summary if line.startswith("pretrained"))
+    assert f"{QUICKSTART_MODEL}: shipped weights" in pretrained and "offline" in pretrained
