@@ -116,7 +116,7 @@ def test_ship_takes_only_weights_with_numbers_and_keeps_one_version(tmp_path, mo
     assert sha256_file(target2 / WEIGHTS_NAME) == read_config(second)["weights"]["sha256"]
 
 
-def test_a_registry_name_means_its_published_weights_in_export(tmp_path):
+def test_a_registry_name_means_its_published_weights_in_export_and_extract(tmp_path):
     name = WITH_RESULTS[0]
     out = tmp_path / "m.onnx"
     res = run_zoo("export", name, "--onnx", "-o", str(out))
@@ -129,6 +129,14 @@ def test_a_registry_name_means_its_published_weights_in_export(tmp_path):
     assert spec.weights_file_sha256 == recorded and recorded[:12] in res.stdout
     random = run_zoo("export", f"random:{name}", "--onnx", "-o", str(tmp_path / "r.onnx"))
     assert random.returncode == 0 and read_metadata(tmp_path / "r.onnx").weights_origin == "random-init"
+    from zoo.photos import photo_paths
+
+    photos = list(photo_paths().values())[:3]
+    extracted = run_zoo("extract", name, *map(str, photos), "-o", str(tmp_path / "emb"))
+    assert extracted.returncode == 0, extracted.stderr
+    meta = json.loads((tmp_path / "emb" / "meta.json").read_text())
+    assert meta["count"] == 3 and meta["model"]["weights_file_sha256"] == recorded
+    assert meta["model"]["weights_origin"].startswith("shipped sslzoo/")
     missing = run_zoo("export", "rotnet_alexnet", "--onnx", "-o", str(tmp_path / "a.onnx"),
                       env={"HF_HUB_OFFLINE": "1", "ZOO_OFFLINE": "1"})
     assert missing.returncode != 0 and len(missing.stderr.strip().splitlines()) == 1
