@@ -165,7 +165,7 @@ def extract_cmd(model_or_onnx, images, out, engine, provider, batch_size, worker
                    + (f"; {summary['failed']} unreadable files listed in {out / 'failed.tsv'}" if summary["failed"] else ""))
     else:
         click.echo(f"rank {summary['rank']}/{summary['world_size']}: {summary['processed']} images done; "
-                   "the last rank to finish merges the shards")
+                   + summary.get("merging", "the last rank to finish merges the shards"))
 
 
 @click.group("index")

@@ -32,11 +32,13 @@ import numpy as np
 
 from zoo.checkpoint import atomic_write, atomic_write_text
 from zoo.errors import UsageError, ZooError
+from zoo.fileset import describe_owner, release_lock, try_lock
 
 from export.embedding import prepare_image, spec_to_metadata
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 EMBEDDINGS, IDS, FAILED, META, SHARDS = "embeddings.npy", "ids.txt", "failed.tsv", "meta.json", "shards"
+MERGE_LOCK = "merge.lock"
 MODEL = "model.onnx"  # the ONNX export, when extraction exported a registry model or checkpoint on the fly
 FORMAT = "sslzoo-embeddings/1"
 
@@ -208,8 +210,7 @@ def extract(engine, images: Sequence[str | Path], out: str | Path, batch_size: i
                "images_per_second": len(todo_ids) / seconds if seconds > 0 and todo_ids else None}
     if all(shard_path(out, s).is_file() for s in range(plan.num_shards)):
         merged = merge_shards(out, plan, engine, source)
-        if merged is not None:
-            summary.update(merged, done=True)
+        summary.update(merged, done="merging" not in merged)
     return summary
 
 
@@ -255,15 +256,16 @@ def _claim_output(out: Path, plan: Plan, overwrite: bool) -> bool:
     return False
 
 
-def merge_shards(out: Path, plan: Plan, engine, source: str) -> dict | None:
-    """Concatenate the shards into the final files (once: an exclusive lock guards it)."""
-    lock = out / SHARDS / "merge.lock"
+def merge_shards(out: Path, plan: Plan, engine, source: str) -> dict:
+    """Concatenate the shards into the final files (once: a lock naming its owner guards it; the
+    lock of a process that is gone is taken over). ``{"merging": who}`` if another process holds it."""
+    lock = out / SHARDS / MERGE_LOCK
+    owner = try_lock(lock)
+    if owner is not None:  # another rank is merging (a lock whose owner is gone was taken over)
+        return {"merging": f"{describe_owner(owner)} is merging the shards (if it is gone, delete {lock})"}
     try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        os.close(fd)
-    except FileExistsError:
-        return None  # another rank is merging
-    try:
+        for stale in out.glob(".*.tmp"):  # temporary files of a merge that was killed
+            stale.unlink(missing_ok=True)
         embs, ids, failed = [], [], []
         for s in range(plan.num_shards):
             with np.load(shard_path(out, s)) as z:
@@ -283,7 +285,7 @@ def merge_shards(out: Path, plan: Plan, engine, source: str) -> dict | None:
         shutil.rmtree(out / SHARDS, ignore_errors=True)
         return {"count": len(ids), "failed": len(failed), "out": str(out)}
     except BaseException:
-        lock.unlink(missing_ok=True)
+        release_lock(lock)
         raise
 
 

@@ -234,3 +234,45 @@ def test_cli_extract_index_search_end_to_end(onnx_model, jpegs, tmp_path):
     assert res.returncode == 2 and "pass --recall" in res.stderr and not (tmp_path / "ix2").exists()
     res = run_zoo("search", str(tmp_path / "nothing"), str(jpegs / "coffee.jpg"))
     assert res.returncode == 2 and "is not an index folder" in res.stderr and res.stderr.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Kills and hostile folders
+# ------------------------------------------------------------------------------------------------
+
+def test_a_kill_during_the_merge_leaves_a_stale_lock_that_the_rerun_takes_over(onnx_model, jpegs, tmp_path):
+    out = tmp_path / "out"
+    args = ("extract", str(onnx_model), str(jpegs), "-o", str(out), "--shard-size", "8", "--threads", "1")
+    res = run_zoo(*args, env={"ZOO_TEST_FAULT": "rename@embeddings.npy:1:kill", "OMP_NUM_THREADS": "1"})
+    assert res.returncode == -9 and not (out / "embeddings.npy").exists()
+    assert (out / "shards" / "merge.lock").is_file()  # the killed process held it
+    res = run_zoo(*args, env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    assert "wrote" in res.stdout and "0 images done" not in res.stdout
+    _, ids, _ = load_embeddings(out)
+    assert len(ids) == len(collect_images([jpegs])) - 1
+    leftovers = [p.name for p in out.parent.rglob("*") if p.name.startswith(".") or p.name.endswith(".lock")]
+    assert leftovers == [] and not (out / "shards").exists()
+
+
+def test_merge_locks_name_their_owner_and_stale_ones_are_taken_over(tmp_path):
+    import json as _json
+    import time
+
+    from zoo.fileset import _host_tag, release_lock, try_lock
+
+    lock = tmp_path / "merge.lock"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(_json.dumps({"pid": sleeper.pid, "host": _host_tag(), "hostname": "here"}))
+        assert try_lock(lock)["pid"] == sleeper.pid  # a live owner keeps it
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert try_lock(lock) is None and _json.loads(lock.read_text())["pid"] == os.getpid()  # its owner is gone
+    release_lock(lock)
+    assert not lock.exists()
+    lock.write_text(_json.dumps({"pid": 1, "host": "another", "hostname": "elsewhere"}))
+    assert try_lock(lock, max_age=3600)["hostname"] == "elsewhere"  # another host's: only age tells
+    os.utime(lock, (time.time() - 7200, time.time() - 7200))
+    assert try_lock(lock, max_age=3600) is None
