@@ -139,23 +139,20 @@ def extract_cmd(model_or_onnx, images, out, engine, provider, batch_size, worker
     in OUT/failed.tsv and do not stop the run.
     """
     from export.engines import is_onnx_file, open_engine
-    from export.extract import extract
+    from export.extract import MODEL, extract
 
     source = str(Path(model_or_onnx).resolve()) if is_onnx_file(model_or_onnx) or Path(model_or_onnx).is_dir() \
         else model_or_onnx
     with tempfile.TemporaryDirectory() as work:
         eng = open_engine(model_or_onnx, engine=engine, provider=provider, layer=layer, pool=pool, workdir=work,
                           threads=threads)
-        if not is_onnx_file(model_or_onnx) and engine != "torch":
-            out.mkdir(parents=True, exist_ok=True)  # keep the exported model: `zoo search` reuses it
-            onnx_copy = out / "model.onnx"
-            if not onnx_copy.exists():
-                from zoo.checkpoint import atomic_write
-
-                atomic_write(onnx_copy, lambda p: p.write_bytes((Path(work) / "model.onnx").read_bytes()))
-            source = str(onnx_copy.resolve())
+        model_file = None
+        if not is_onnx_file(model_or_onnx) and engine != "torch":  # keep the exported model: `zoo search` reuses it
+            model_file = Path(work) / MODEL
+            source = str((out / MODEL).resolve())
         summary = extract(eng, images, out, batch_size=batch_size, workers=workers, shard_size=shard_size,
-                          rank=rank, world_size=world_size, source=source, overwrite=overwrite)
+                          rank=rank, world_size=world_size, source=source, overwrite=overwrite,
+                          model_file=model_file)
     if summary.get("already"):
         click.echo(f"{out} is complete already: {summary['count']} embeddings ({summary['failed']} unreadable)")
     elif summary["done"]:
@@ -189,8 +186,9 @@ def index_group():
 def index_build_cmd(embeddings, out, index_type, whiten, recall_target, k, nlist, pq_m, hnsw_m, threads):
     """Build an index of the extraction folder EMBEDDINGS (from `zoo extract`)."""
     from export.extract import load_embeddings
-    from export.index import BuildParams, build_and_tune, save_index
+    from export.index import BuildParams, build_and_tune, check_index_output, save_index
 
+    check_index_output(out)  # before minutes of building
     _set_faiss_threads(threads)
     emb, ids, emb_meta = load_embeddings(embeddings)
     params = BuildParams(type=index_type, whiten=whiten, nlist=nlist, pq_m=pq_m, hnsw_m=hnsw_m)

@@ -32,7 +32,7 @@ import numpy as np
 
 from zoo.checkpoint import atomic_write, atomic_write_text
 from zoo.errors import UsageError, ZooError
-from zoo.fileset import describe_owner, release_lock, try_lock
+from zoo.fileset import describe_owner, is_temporary, release_lock, try_lock
 
 from export.embedding import prepare_image, spec_to_metadata
 
@@ -138,11 +138,13 @@ def ordered_map(fn: Callable, items: Sequence, workers: int, window: int) -> Ite
 
 def extract(engine, images: Sequence[str | Path], out: str | Path, batch_size: int = 32, workers: int = 2,
             shard_size: int = 1024, rank: int | None = None, world_size: int | None = None,
-            source: str = "", progress: bool = True, overwrite: bool = False) -> dict:
+            source: str = "", progress: bool = True, overwrite: bool = False,
+            model_file: str | Path | None = None) -> dict:
     """Embed ``images`` with ``engine`` into the folder ``out``; returns a summary dict.
 
     ``rank``/``world_size`` default to torchrun's environment. Returns ``{"done": False}`` on a
-    rank that finished its shards while others are still running.
+    rank that finished its shards while others are still running. ``model_file`` (the ONNX file
+    the engine runs, when it was exported on the fly) is kept as ``OUT/model.onnx`` for `zoo search`.
     """
     from tqdm import tqdm
 
@@ -158,7 +160,10 @@ def extract(engine, images: Sequence[str | Path], out: str | Path, batch_size: i
     if not ids:
         raise UsageError("no images found in " + ", ".join(map(str, images)))
     plan = make_plan(ids, shard_size, engine)
-    if _claim_output(out, plan, overwrite):
+    already = _claim_output(out, plan, overwrite)
+    if model_file is not None and not (out / MODEL).exists():  # only once the folder is known to be ours
+        atomic_write(out / MODEL, lambda p: p.write_bytes(Path(model_file).read_bytes()))
+    if already:
         meta = json.loads((out / META).read_text())
         return {"done": True, "already": True, "count": meta["count"], "failed": meta["failed"], "out": str(out),
                 "processed": 0, "skipped": meta["count"] + meta["failed"], "rank": rank, "world_size": world_size}
@@ -231,6 +236,13 @@ def _claim_output(out: Path, plan: Plan, overwrite: bool) -> bool:
     True when ``out`` already holds the finished result of this very job.
     """
     plan_file = out / SHARDS / "plan.json"
+    ours = {EMBEDDINGS, IDS, FAILED, META, SHARDS, MODEL}
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in ours and not is_temporary(p.name)) \
+        if out.is_dir() else []
+    if foreign or (out / META).is_file() and _read_meta(out).get("format") != FORMAT:
+        what = f"holds {foreign[0]}" if foreign else f"has a {META} that is not an extraction's"
+        raise UsageError(f"{out} exists and is not an sslzoo extraction folder (it {what}); choose a new -o folder"
+                         + ("; --overwrite replaces only extraction folders" if overwrite else ""))
     if overwrite and out.exists():
         import shutil
 
@@ -238,7 +250,7 @@ def _claim_output(out: Path, plan: Plan, overwrite: bool) -> bool:
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / SHARDS, ignore_errors=True)
     if (out / META).is_file() and not plan_file.is_file():
-        meta = json.loads((out / META).read_text())
+        meta = _read_meta(out)
         if meta.get("plan") == json.loads(plan.to_json()):
             return True
         raise UsageError(f"{out} already holds embeddings of other images or another model; "
@@ -249,11 +261,16 @@ def _claim_output(out: Path, plan: Plan, overwrite: bool) -> bool:
             raise UsageError(f"{out} holds a partial extraction of other images or another model; "
                              "choose a new -o folder or pass --overwrite")
         return False
-    ours = {EMBEDDINGS, IDS, FAILED, META, SHARDS, MODEL}
-    if out.exists() and any(p.name not in ours for p in out.iterdir()):
-        raise UsageError(f"{out} exists and is not an sslzoo extraction folder; choose a new -o folder")
     atomic_write_text(plan_file, plan.to_json())
     return False
+
+
+def _read_meta(out: Path) -> dict:
+    try:
+        meta = json.loads((out / META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def merge_shards(out: Path, plan: Plan, engine, source: str) -> dict:

@@ -35,6 +35,7 @@ import numpy as np
 
 from zoo.checkpoint import atomic_write, atomic_write_text
 from zoo.errors import UsageError
+from zoo.fileset import is_temporary
 
 INDEX_TYPES = ("flat", "ivfpq", "hnsw")
 INDEX_FILE, IDS, META = "index.faiss", "ids.txt", "meta.json"
@@ -278,10 +279,20 @@ def save_index(directory: str | Path, index, ids: Sequence[str], meta: dict) -> 
     directory = Path(directory)
     if index.ntotal != len(ids):
         raise UsageError(f"index has {index.ntotal} vectors but {len(ids)} ids")
+    check_index_output(directory)
     atomic_write(directory / INDEX_FILE, lambda p: faiss.write_index(index, str(p)))
     atomic_write_text(directory / IDS, "".join(f"{i}\n" for i in ids))
     atomic_write_text(directory / META, json.dumps({"format": FORMAT, **meta}, indent=2, sort_keys=True) + "\n")
     return directory
+
+
+def check_index_output(directory: Path) -> None:
+    """An index is written only into a new or empty folder or over an older index."""
+    foreign = sorted(p.name for p in directory.iterdir() if p.name not in (INDEX_FILE, IDS, META)
+                     and not is_temporary(p.name)) if directory.is_dir() else []
+    if foreign:
+        raise UsageError(f"{directory} holds {foreign[0]}, so it is not an index folder; an index goes into a new "
+                         "folder or replaces an older index (choose another -o)")
 
 
 def load_index(directory: str | Path):

@@ -276,3 +276,30 @@ def test_merge_locks_name_their_owner_and_stale_ones_are_taken_over(tmp_path):
     assert try_lock(lock, max_age=3600)["hostname"] == "elsewhere"  # another host's: only age tells
     os.utime(lock, (time.time() - 7200, time.time() - 7200))
     assert try_lock(lock, max_age=3600) is None
+
+
+def _folder_state(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_refused_outputs_are_left_as_they_were(onnx_model, jpegs, tmp_path):
+    engine = OnnxRuntimeEngine(onnx_model)
+    extract(engine, [jpegs / "astronaut.jpg", jpegs / "chelsea.jpg"], tmp_path / "emb", progress=False)
+    emb, ids, meta = load_embeddings(tmp_path / "emb")
+    index, index_meta = build_and_tune(np.asarray(emb), BuildParams(type="flat"))
+    save_index(tmp_path / "ix", index, ids, {**index_meta, "model": meta["model"], "source": str(onnx_model)})
+    before_ix, before_emb = _folder_state(tmp_path / "ix"), _folder_state(tmp_path / "emb")
+    # an index folder is not an extraction folder, --overwrite or not
+    with pytest.raises(UsageError, match="not an sslzoo extraction folder"):
+        extract(engine, [jpegs / "coffee.jpg"], tmp_path / "ix", progress=False, overwrite=True)
+    # and an extraction folder is not an index folder
+    res = run_zoo("index", "build", str(tmp_path / "emb"), "-o", str(tmp_path / "emb"))
+    assert res.returncode == 2 and "not an index folder" in res.stderr and res.stderr.count("\n") == 1
+    assert _folder_state(tmp_path / "ix") == before_ix and _folder_state(tmp_path / "emb") == before_emb
+    # a folder of someone else's files gets no model.onnx when the extraction is refused
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    res = run_zoo("extract", "random:rotnet_nin_fmnist", str(jpegs / "coffee.jpg"), "-o", str(tmp_path / "mine"),
+                  "--layer", "block1", env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 2 and "not an sslzoo extraction folder" in res.stderr
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]

@@ -155,6 +155,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], size_hint: int
         raise
 
 
+def is_temporary(name: str) -> bool:
+    """A temporary file of an interrupted ``atomic_write`` (``.NAME.XXXX.tmp``)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
