@@ -161,7 +161,7 @@ def extract(engine, images: Sequence[str | Path], out: str | Path, batch_size: i
         raise UsageError("no images found in " + ", ".join(map(str, images)))
     plan = make_plan(ids, shard_size, engine)
     already = _claim_output(out, plan, overwrite)
-    if model_file is not None and not (out / MODEL).exists():  # only once the folder is known to be ours
+    if model_file is not None and not already:  # this job's model, once the folder is known to be ours
         atomic_write(out / MODEL, lambda p: p.write_bytes(Path(model_file).read_bytes()))
     if already:
         meta = json.loads((out / META).read_text())

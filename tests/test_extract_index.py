@@ -303,3 +303,20 @@ def test_refused_outputs_are_left_as_they_were(onnx_model, jpegs, tmp_path):
                   "--layer", "block1", env={"OMP_NUM_THREADS": "1"})
     assert res.returncode == 2 and "not an sslzoo extraction folder" in res.stderr
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+
+
+def test_overwrite_with_another_pooling_keeps_the_model_that_made_the_embeddings(jpegs, tmp_path):
+    from export.onnx_export import read_metadata
+    from zoo.photos import read_image
+
+    out = tmp_path / "emb"
+    args = ("extract", "random:rotnet_nin_fmnist", str(jpegs / "coffee.jpg"), str(jpegs / "chelsea.jpg"), "-o",
+            str(out), "--layer", "block1", "--threads", "1")
+    assert run_zoo(*args, env={"OMP_NUM_THREADS": "1"}).returncode == 0
+    res = run_zoo(*args, "--pool", "max", "--overwrite", env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    assert read_metadata(out / "model.onnx").pool == "max"
+    emb, ids, _ = load_embeddings(out)
+    engine = OnnxRuntimeEngine(out / "model.onnx")
+    query = engine.embed(prepare_image(read_image(jpegs / "coffee.jpg"), engine.spec.input, "uint8")[None])[0]
+    assert float(query @ emb[ids.index(str(jpegs / "coffee.jpg"))]) == pytest.approx(1.0, abs=1e-5)
