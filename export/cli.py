@@ -196,14 +196,23 @@ def index_build_cmd(embeddings, out, index_type, whiten, recall_target, k, nlist
                + (f", whitened to {whiten} dims" if whiten else ""))
     index, meta = build_and_tune(np.asarray(emb), params, recall_target=recall_target, k=k,
                                  log=lambda m: click.echo(m))
+    source = emb_meta.get("source")
     meta.update(count=len(ids), dim=int(emb.shape[1]), embeddings=str(Path(embeddings).resolve()),
-                model=emb_meta.get("model"), source=emb_meta.get("source"))
+                model=emb_meta.get("model"), source=source, source_sha256=_file_sha256(source))
     save_index(out, index, ids, meta)
     tuning = meta.get("tuning")
     click.echo(f"wrote {meta['type']} index {out} ({len(ids)} vectors; search parameters "
                f"{meta['search_params'] or 'none (exact)'})"
                + (f"; recall@{tuning['k']} {tuning['recall']:.3f} at {tuning['speedup']:.1f}x exact QPS"
                   if tuning else ""))
+
+
+def _file_sha256(source: str | None) -> str | None:
+    """sha256 of the ONNX file that made the embeddings (None for a registry name or folder)."""
+    from export.engines import is_onnx_file
+    from zoo.fileset import sha256_file
+
+    return sha256_file(source) if source and is_onnx_file(source) and Path(source).is_file() else None
 
 
 def _set_faiss_threads(threads):
@@ -234,6 +243,9 @@ def search_cmd(index_dir, images, k, as_json, threads):
         raise UsageError(f"{index_dir} does not say which model made its embeddings; rebuild it from a `zoo extract` folder")
     if is_onnx_file(source) and not Path(source).is_file():
         raise UsageError(f"the index's model {source} is gone; re-export it or rebuild the index")
+    if meta.get("source_sha256") and _file_sha256(source) != meta["source_sha256"]:
+        raise UsageError(f"the index's model {source} was replaced since {index_dir} was built (another export or "
+                         "extraction); rebuild the index from embeddings of that model")
     engine = open_engine(source, engine="onnx" if is_onnx_file(source) else "torch", layer=None if is_onnx_file(source)
                          else model.get("layer"), pool=model.get("pool") if model.get("pool") in POOLINGS else "avg",
                          input_kind=model.get("input_kind", "uint8"), threads=threads)

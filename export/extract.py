@@ -7,13 +7,19 @@ Output folder (``-o OUT``)::
     OUT/failed.tsv       files that could not be read: "path<TAB>reason" per line (may be empty)
     OUT/meta.json        model (EmbeddingSpec), source, engine, count, dim, timing
     OUT/model.onnx       the model, when MODEL was a registry name or checkpoint folder (onnx engine)
-    OUT/shards/          work in progress: plan.json and shard-NNNNN.npz, removed after the merge
+    OUT/manifest.json    size and sha256 of each of these files, the count, dim and weights sha256
+    OUT/shards/          work in progress: plan.json, shard-NNNNN.npz (and model.onnx), gone after the merge
 
 The image list is cut into shards of ``shard_size`` files in list order. Each finished shard is
 written atomically, so an interrupted run resumes where it stopped (a rerun skips finished
 shards). Under ``torchrun`` (or with ``--rank/--world-size``) rank r takes shards r, r+W, r+2W, ...;
 whichever rank writes the last missing shard merges them all, so no process group is needed and
 the same works for job arrays. Unreadable files never stop the run: they are listed in failed.tsv.
+
+The merge writes the final files into a staging folder beside OUT, seals it with the manifest and
+swaps it in by one atomic rename (``zoo.fileset.commit_folder``): a reader sees the previous
+result or the new one, never a mix, and ``load_embeddings`` refuses files that do not match the
+manifest. A result being replaced (``--overwrite``) stays readable until the new one is complete.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import collections
 import hashlib
 import json
 import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,12 +39,16 @@ import numpy as np
 
 from zoo.checkpoint import atomic_write, atomic_write_text
 from zoo.errors import UsageError, ZooError
-from zoo.fileset import describe_owner, is_temporary, release_lock, try_lock
+from zoo.fileset import (
+    MANIFEST, check_output_folder, commit_folder, describe_owner, is_temporary, new_staging, release_lock, try_lock,
+    verify_manifest,
+)
 
 from export.embedding import prepare_image, spec_to_metadata
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 EMBEDDINGS, IDS, FAILED, META, SHARDS = "embeddings.npy", "ids.txt", "failed.tsv", "meta.json", "shards"
+RESULT_FILES = (EMBEDDINGS, IDS, FAILED, META)
 MERGE_LOCK = "merge.lock"
 MODEL = "model.onnx"  # the ONNX export, when extraction exported a registry model or checkpoint on the fly
 FORMAT = "sslzoo-embeddings/1"
@@ -150,7 +161,7 @@ def extract(engine, images: Sequence[str | Path], out: str | Path, batch_size: i
 
     if batch_size < 1 or shard_size < 1:
         raise UsageError("--batch-size and --shard-size must be at least 1")
-    out = Path(out)
+    out = check_output_folder(out)
     env_rank, env_world = distributed_rank()
     rank = env_rank if rank is None else rank
     world_size = env_world if world_size is None else world_size
@@ -162,9 +173,9 @@ def extract(engine, images: Sequence[str | Path], out: str | Path, batch_size: i
     plan = make_plan(ids, shard_size, engine)
     already = _claim_output(out, plan, overwrite)
     if model_file is not None and not already:  # this job's model, once the folder is known to be ours
-        atomic_write(out / MODEL, lambda p: p.write_bytes(Path(model_file).read_bytes()))
+        atomic_write(out / SHARDS / MODEL, lambda p: p.write_bytes(Path(model_file).read_bytes()))
     if already:
-        meta = json.loads((out / META).read_text())
+        meta = _read_meta(out)
         return {"done": True, "already": True, "count": meta["count"], "failed": meta["failed"], "out": str(out),
                 "processed": 0, "skipped": meta["count"] + meta["failed"], "rank": rank, "world_size": world_size}
 
@@ -236,22 +247,18 @@ def _claim_output(out: Path, plan: Plan, overwrite: bool) -> bool:
     True when ``out`` already holds the finished result of this very job.
     """
     plan_file = out / SHARDS / "plan.json"
-    ours = {EMBEDDINGS, IDS, FAILED, META, SHARDS, MODEL}
+    ours = {*RESULT_FILES, MODEL, MANIFEST, SHARDS}
     foreign = sorted(p.name for p in out.iterdir() if p.name not in ours and not is_temporary(p.name)) \
         if out.is_dir() else []
     if foreign or (out / META).is_file() and _read_meta(out).get("format") != FORMAT:
         what = f"holds {foreign[0]}" if foreign else f"has a {META} that is not an extraction's"
         raise UsageError(f"{out} exists and is not an sslzoo extraction folder (it {what}); choose a new -o folder"
                          + ("; --overwrite replaces only extraction folders" if overwrite else ""))
-    if overwrite and out.exists():
-        import shutil
-
-        for name in (EMBEDDINGS, IDS, FAILED, META):
-            (out / name).unlink(missing_ok=True)
+    if overwrite:  # only the work in progress goes; a finished result stays until the new one replaces it
         shutil.rmtree(out / SHARDS, ignore_errors=True)
-    if (out / META).is_file() and not plan_file.is_file():
-        meta = _read_meta(out)
-        if meta.get("plan") == json.loads(plan.to_json()):
+    elif (out / META).is_file() and not plan_file.is_file():
+        if _read_meta(out).get("plan") == json.loads(plan.to_json()):
+            verify_manifest(out, RESULT_FILES, fix="pass --overwrite to extract again")
             return True
         raise UsageError(f"{out} already holds embeddings of other images or another model; "
                          "choose a new -o folder or pass --overwrite")
@@ -280,9 +287,8 @@ def merge_shards(out: Path, plan: Plan, engine, source: str) -> dict:
     owner = try_lock(lock)
     if owner is not None:  # another rank is merging (a lock whose owner is gone was taken over)
         return {"merging": f"{describe_owner(owner)} is merging the shards (if it is gone, delete {lock})"}
+    staging = None
     try:
-        for stale in out.glob(".*.tmp"):  # temporary files of a merge that was killed
-            stale.unlink(missing_ok=True)
         embs, ids, failed = [], [], []
         for s in range(plan.num_shards):
             with np.load(shard_path(out, s)) as z:
@@ -290,18 +296,23 @@ def merge_shards(out: Path, plan: Plan, engine, source: str) -> dict:
                 ids.extend(z["ids"].tolist())
                 failed.extend(zip(z["failed"].tolist(), z["reasons"].tolist()))
         emb = np.concatenate(embs) if embs else np.zeros((0, plan.model["dim"]), np.float32)
-        atomic_write(out / EMBEDDINGS, lambda p: _save_npy(p, emb))
-        atomic_write_text(out / IDS, "".join(f"{i}\n" for i in ids))
-        atomic_write_text(out / FAILED, "".join(f"{p}\t{' '.join(r.split())}\n" for p, r in failed))
+        staging = new_staging(out)
+        atomic_write(staging / EMBEDDINGS, lambda p: _save_npy(p, emb))
+        atomic_write_text(staging / IDS, "".join(f"{i}\n" for i in ids))
+        atomic_write_text(staging / FAILED, "".join(f"{p}\t{' '.join(r.split())}\n" for p, r in failed))
         meta = {"format": FORMAT, "count": len(ids), "failed": len(failed), "dim": int(emb.shape[1]),
                 "source": source, "engine": engine.name, "model": spec_to_metadata(engine.spec),
                 "plan": json.loads(plan.to_json())}
-        atomic_write_text(out / META, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        import shutil
-
-        shutil.rmtree(out / SHARDS, ignore_errors=True)
+        atomic_write_text(staging / META, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if (out / SHARDS / MODEL).is_file():
+            os.replace(out / SHARDS / MODEL, staging / MODEL)
+        # the old folder (shards, lock and any previous result) goes with the swap
+        commit_folder(staging, out, content=FORMAT, count=len(ids), dim=int(emb.shape[1]),
+                      weights_sha256=engine.spec.weights_sha256)
         return {"count": len(ids), "failed": len(failed), "out": str(out)}
     except BaseException:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         release_lock(lock)
         raise
 
@@ -312,12 +323,14 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def load_embeddings(path: str | Path) -> tuple[np.ndarray, list[str], dict]:
-    """(embeddings, ids, meta) of an extraction folder; one-line errors for anything else."""
+    """(embeddings, ids, meta) of an extraction folder whose files match its manifest; one-line
+    errors for anything else."""
     path = Path(path)
     if not (path / META).is_file() or not (path / EMBEDDINGS).is_file():
         if (path / SHARDS).is_dir():
             raise UsageError(f"{path} is an unfinished extraction; rerun the same `zoo extract` to complete it")
         raise UsageError(f"{path} is not an extraction folder (no {META}/{EMBEDDINGS}); run `zoo extract` first")
+    verify_manifest(path, RESULT_FILES, fix="run `zoo extract ... --overwrite` again")
     meta = json.loads((path / META).read_text())
     emb = np.load(path / EMBEDDINGS, mmap_mode="r")
     ids = (path / IDS).read_text(encoding="utf-8").splitlines()

@@ -320,3 +320,61 @@ def test_overwrite_with_another_pooling_keeps_the_model_that_made_the_embeddings
     engine = OnnxRuntimeEngine(out / "model.onnx")
     query = engine.embed(prepare_image(read_image(jpegs / "coffee.jpg"), engine.spec.input, "uint8")[None])[0]
     assert float(query @ emb[ids.index(str(jpegs / "coffee.jpg"))]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_kill_between_index_files_leaves_the_previous_index_whole(onnx_model, jpegs, tmp_path):
+    import shutil
+
+    engine = OnnxRuntimeEngine(onnx_model)
+    photos = [jpegs / f"{n}.jpg" for n in ("astronaut", "chelsea", "coffee", "rocket")]
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    for i, photo in enumerate(photos):  # the same photos under other names, in the other order
+        shutil.copy(photo, tmp_path / "a" / f"{i}.jpg")
+        shutil.copy(photo, tmp_path / "b" / f"{len(photos) - 1 - i}.jpg")
+    for name in ("a", "b"):
+        extract(engine, [tmp_path / name], tmp_path / f"emb-{name}", source=str(onnx_model), progress=False)
+    emb, ids, meta = load_embeddings(tmp_path / "emb-a")
+    index, index_meta = build_and_tune(np.asarray(emb), BuildParams(type="flat"))
+    save_index(tmp_path / "ix", index, ids, {**index_meta, "model": meta["model"], "source": str(onnx_model)})
+    res = run_zoo("index", "build", str(tmp_path / "emb-b"), "-o", str(tmp_path / "ix"),
+                  env={"ZOO_TEST_FAULT": "rename@ids.txt:1:kill"})
+    assert res.returncode == -9
+    loaded, loaded_ids, _ = load_index(tmp_path / "ix")
+    _, found = search(loaded, np.asarray(emb), 1)
+    assert [loaded_ids[j] for j in found[:, 0]] == ids  # every photo still finds its own name
+    save_index(tmp_path / "ix", index, ids, index_meta)  # the next build removes the killed one's leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "emb-a", "emb-b", "ix"]
+
+
+def test_readers_refuse_files_that_do_not_match_their_manifest(onnx_model, jpegs, tmp_path):
+    from zoo.fileset import IntegrityError
+
+    engine = OnnxRuntimeEngine(onnx_model)
+    extract(engine, [jpegs / "astronaut.jpg", jpegs / "chelsea.jpg"], tmp_path / "emb", progress=False)
+    emb, ids, meta = load_embeddings(tmp_path / "emb")
+    index, index_meta = build_and_tune(np.asarray(emb), BuildParams(type="flat"))
+    save_index(tmp_path / "ix", index, ids, index_meta)
+    (tmp_path / "ix" / "ids.txt").write_text("".join(f"{i}\n" for i in reversed(ids)))  # same count, wrong order
+    with pytest.raises(IntegrityError, match=r"ids\.txt does not match manifest\.json"):
+        load_index(tmp_path / "ix")
+    data = bytearray((tmp_path / "emb" / "embeddings.npy").read_bytes())
+    data[-1] ^= 0xFF
+    (tmp_path / "emb" / "embeddings.npy").write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=r"embeddings\.npy does not match"):
+        load_embeddings(tmp_path / "emb")
+    res = run_zoo("search", str(tmp_path / "ix"), str(jpegs / "coffee.jpg"))
+    assert res.returncode == 1 and "does not match manifest.json" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_search_refuses_an_index_whose_model_file_was_replaced(onnx_model, jpegs, tmp_path):
+    import shutil
+
+    model = tmp_path / "model.onnx"
+    shutil.copy(onnx_model, model)
+    extract(OnnxRuntimeEngine(model), [jpegs / "astronaut.jpg", jpegs / "chelsea.jpg"], tmp_path / "emb",
+            source=str(model), progress=False)
+    assert run_zoo("index", "build", str(tmp_path / "emb"), "-o", str(tmp_path / "ix")).returncode == 0
+    backbone, weights = load_backbone("random:rotnet_nin_fmnist")  # the same weights, another layer
+    export_onnx(*build_embedding_model(backbone, "rotnet_nin_fmnist", weights, layer="block1", pool="max"), model)
+    res = run_zoo("search", str(tmp_path / "ix"), str(jpegs / "coffee.jpg"))
+    assert res.returncode == 2 and "was replaced" in res.stderr and res.stderr.count("\n") == 1
