@@ -153,3 +153,51 @@ def test_cifar_batches_load_and_pickled_code_is_refused(tmp_path):
     (root / "test_batch").write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}))
     with pytest.raises(DataError, match="refusing to load"):
         open_dataset(f"cifar:{root}", "test")
+
+
+# Every method's tiny recipe with a checkpoint every 2 steps, killed (SIGKILL, by the fault hook)
+# as it renames its second checkpoint into place: it resumes from step 2, in the middle of its
+# first epoch, and must end bit for bit where an uninterrupted run ends.
+KILL_AT_SECOND_CHECKPOINT = "rename@step-*.pt:2:kill"
+_TRAIN_ALL = """
+import sys
+from zoo.cli import main
+out, flags = sys.argv[1], sys.argv[2:]
+for method in {methods!r}:
+    code = main(["train", method, "--recipe", "tiny", "--checkpoint-every", "2", "--no-progress",
+                 "--out", f"{{out}}/{{method}}", *flags])
+    if code:
+        sys.exit(f"{{method}}: exit {{code}}")
+"""
+
+
+def test_every_method_resumed_after_a_kill_mid_epoch_equals_an_uninterrupted_run(tmp_path):
+    from training.methods import METHODS
+
+    methods = sorted(METHODS)
+    script = _TRAIN_ALL.format(methods=methods)
+    reference = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "whole")], cwd=ROOT, env=ONE_THREAD,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    killed_env = {**ONE_THREAD, "ZOO_TEST_FAULT": KILL_AT_SECOND_CHECKPOINT}
+    for method in methods:  # one process each (a kill ends a process), beside the reference runs
+        res = subprocess.run([sys.executable, "-m", "zoo", "train", method, "--recipe", "tiny", "--checkpoint-every",
+                              "2", "--no-progress", "--out", str(tmp_path / "killed" / method)], cwd=ROOT,
+                             env=killed_env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == -signal.SIGKILL, f"{method}: {res.stderr[-2000:]}"
+        assert [p.name for p in (tmp_path / "killed" / method / "checkpoints").glob("step-*.pt")] == \
+            ["step-00000002.pt"]
+    res = subprocess.run([sys.executable, "-c", script, str(tmp_path / "killed"), "--resume"], cwd=ROOT,
+                         env=ONE_THREAD, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("(epoch 0, step 2)") == len(methods)  # each resumed in the middle of epoch 0
+    assert reference.wait(timeout=900) == 0, reference.stderr.read()[-3000:]
+    differ = {}
+    for method in methods:
+        final = max((tmp_path / "whole" / method / "checkpoints").glob("step-*.pt")).name
+        a = load_training_state(tmp_path / "whole" / method / "checkpoints" / final)
+        b = load_training_state(tmp_path / "killed" / method / "checkpoints" / final)
+        bad = [k for k in a["method"] if not torch.equal(a["method"][k], b["method"][k])]
+        if bad:
+            differ[method] = f"{len(bad)} of {len(a['method'])} tensors differ, e.g. {bad[0]}"
+    assert differ == {}
+

@@ -519,8 +519,14 @@ def fit(method_cls: type[Method], recipe: Recipe, out: str | Path, data: str | N
             bar = tqdm(total=ctx.steps_per_epoch, initial=step_in_epoch, desc=f"{recipe.method} epoch {epoch + 1}/{recipe.epochs}",
                        unit="step", dynamic_ncols=True, mininterval=1.0)
         method.train()
-        batches = iter(torch.utils.data.DataLoader(view, batch_size=micro, sampler=order, collate_fn=collate_skipping,
-                                                   num_workers=recipe.workers, persistent_workers=False))
+        loader = torch.utils.data.DataLoader(view, batch_size=micro, sampler=order, collate_fn=collate_skipping,
+                                             num_workers=recipe.workers, persistent_workers=False)
+        # Starting a loader draws a seed from torch's global generator. An uninterrupted run draws it
+        # at the epoch's start, before the steps; a run resumed in the middle of the epoch restored
+        # the generator as it was after the checkpointed step, so drawing again would shift every
+        # later random number (NPID's noise draws, batched views): it draws from a fork instead.
+        with torch.random.fork_rng(devices=[]) if step_in_epoch else contextlib.nullcontext():
+            batches = iter(loader)
         sums: dict[str, float] = {}
         steps_run = 0
         for _ in range(step_in_epoch, ctx.steps_per_epoch):
