@@ -201,3 +201,26 @@ def test_every_method_resumed_after_a_kill_mid_epoch_equals_an_uninterrupted_run
             differ[method] = f"{len(bad)} of {len(a['method'])} tensors differ, e.g. {bad[0]}"
     assert differ == {}
 
+
+def test_resume_skips_a_checkpoint_with_flipped_bytes_with_a_one_line_warning(tmp_path):
+    run = tmp_path / "run"
+    args = ("train", "rotnet", "--recipe", "tiny", "--limit", "64", "--batch-size", "16", "--checkpoint-every", "1",
+            "--no-progress", "--out", str(run))
+    assert run_zoo(*args, env=ONE_THREAD).returncode == 0
+    before = _weights(run)
+    newest = run / "checkpoints" / "step-00000004.pt"
+    state = torch.load(newest, weights_only=True)["method"]
+    name = max(state, key=lambda k: state[k].numel())
+    data = bytearray(newest.read_bytes())
+    at = data.find(state[name].numpy().tobytes())
+    assert at > 0
+    data[at + 256:at + 320] = bytes(b ^ 0xFF for b in data[at + 256:at + 320])  # 64 bytes of bit rot
+    newest.write_bytes(bytes(data))
+    assert torch.load(newest, weights_only=True)["step"] == 4  # it still loads
+    res = run_zoo(*args, "--resume", env=ONE_THREAD)
+    assert res.returncode == 0, res.stderr
+    warnings = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "step-00000004.pt is damaged" in warnings[0]
+    assert "resuming from" in res.stdout and "step-00000003.pt" in res.stdout
+    after = _weights(run)
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -211,10 +211,31 @@ def sync_batchnorm_stats(model: nn.Module, d: Dist) -> None:
 
 def state_digest(module: nn.Module) -> str:
     """sha256 over every parameter and buffer, in state_dict order (identical weights <=> equal)."""
+    return checksum(module.state_dict())
+
+
+def checksum(obj: Any) -> str:
+    """sha256 over a nest of dicts, lists, tensors and plain values: names, dtypes, shapes, bytes."""
     h = hashlib.sha256()
-    for key, value in module.state_dict().items():
-        h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+
+    def feed(o: Any) -> None:
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}|".encode())
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(o, dict):
+            h.update(f"D{len(o)}|".encode())
+            for key, value in o.items():
+                h.update(f"{key!r}|".encode())
+                feed(value)
+        elif isinstance(o, (list, tuple)):
+            h.update(f"L{len(o)}|".encode())
+            for value in o:
+                feed(value)
+        else:
+            h.update(f"V{o!r}|".encode())
+
+    feed(obj)
     return h.hexdigest()
 
 
@@ -294,18 +315,24 @@ def checkpoint_paths(out: Path) -> list[Path]:
 
 
 def load_training_state(path: Path) -> dict[str, Any]:
-    """A training checkpoint, read with ``weights_only=True`` (tensors and plain values only)."""
+    """A training checkpoint, read with ``weights_only=True`` (tensors and plain values only), whose
+    contents match the checksum it was written with (a damaged disk flips bytes that load fine)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a corrupt or foreign file: one line, the caller tries an older one
-        raise ZooError(f"cannot read training checkpoint {path}: {type(err).__name__}: {err}") from None
+        raise ZooError(f"cannot read training checkpoint {path}: {type(err).__name__}: "
+                       f"{' '.join(str(err).split())[:200]}") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ZooError(f"{path} is not an sslzoo training checkpoint")
+    expected = state.pop("checksum", None)  # None: written before checkpoints carried one
+    if expected is not None and checksum(state) != expected:
+        raise ZooError(f"training checkpoint {path} is damaged: its contents do not match its checksum")
     return state
 
 
 def _save_checkpoint(out: Path, state: dict[str, Any], keep_last: int) -> Path:
     path = Path(out) / CHECKPOINT_DIR / f"step-{state['step']:08d}.pt"
+    state = {**state, "checksum": checksum(state)}  # verified by load_training_state
     atomic_write(path, lambda p: torch.save(state, p))
     for old in checkpoint_paths(out)[keep_last:]:
         old.unlink(missing_ok=True)
