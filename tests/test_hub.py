@@ -296,6 +296,27 @@ def _bad_checkpoints(tmp_path):
     def pickle_file(d):
         rewrite_weights(d, raw=pickle.dumps({"state_dict": Payload()}))
 
+    def retyped(dtype):
+        def mutate(d):
+            state = random_model("rotnet_nin_fmnist").state_dict()
+            rewrite_weights(d, {**state, "block1.0.0.weight": state["block1.0.0.weight"].to(dtype)})
+        return mutate
+
+    def poisoned(key, value):
+        def mutate(d):
+            state = random_model("rotnet_nin_fmnist").state_dict()
+            state[key].view(-1)[0] = value
+            rewrite_weights(d, state)
+        return mutate
+
+    def no_sha256(d):
+        config = json.loads((d / CONFIG_NAME).read_text())
+        del config["weights"]["sha256"]
+        (d / CONFIG_NAME).write_text(json.dumps(config))
+
+    def input_change(**changes):
+        return lambda d: edit_config(d, input={**json.loads((d / CONFIG_NAME).read_text())["input"], **changes})
+
     def drop_number_from_text(d):
         _, front, body = (d / CARD_NAME).read_text().split("---\n", 2)
         (d / CARD_NAME).write_text(f"---\n{front}---\n{body.replace(str(FIXTURE_VALUE), '?')}")
@@ -313,6 +334,17 @@ def _bad_checkpoints(tmp_path):
         ("no card", lambda d: (d / CARD_NAME).unlink(), "README.md not found"),
         ("no numbers", drop_number_from_text, "is in the model-index but not in the card's text"),
         ("no config", lambda d: (d / CONFIG_NAME).unlink(), "config.json not found"),
+        ("float16", retyped(torch.float16), "key 'block1.0.0.weight' is float16, the model expects float32"),
+        ("float64", retyped(torch.float64), "key 'block1.0.0.weight' is float64, the model expects float32"),
+        ("int32", retyped(torch.int32), "key 'block1.0.0.weight' is int32, the model expects float32"),
+        ("nan", poisoned("block2.0.0.weight", float("nan")), "key 'block2.0.0.weight' holds NaN or infinite values"),
+        ("inf", poisoned("block1.0.1.bias", float("inf")), "key 'block1.0.1.bias' holds NaN or infinite values"),
+        ("negative var", poisoned("block1.0.1.running_var", -1.0), "key 'block1.0.1.running_var' holds negative"),
+        ("no sha256", no_sha256, "config.json gives no sha256 of the weights"),
+        ("std 0", input_change(std=[0.0]), "bad input spec: std must be positive"),
+        ("other input", input_change(resize=64), "its input is not that model's"),
+        ("another model", lambda d: edit_config(d, name="rotnet_nin_cifar10"),
+         "names model 'rotnet_nin_cifar10' but its input is not that model's"),
     ]
 
 

@@ -127,6 +127,13 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
     for k, v in state.items():
         if tuple(v.shape) != tuple(own[k].shape):
             raise WeightsError(f"{source}: key {k!r} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+        if v.dtype != own[k].dtype:
+            raise WeightsError(f"{source}: key {k!r} is {str(v.dtype).removeprefix('torch.')}, the model expects "
+                               f"{str(own[k].dtype).removeprefix('torch.')}")
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise WeightsError(f"{source}: key {k!r} holds NaN or infinite values; the weights are broken")
+        if k.rpartition(".")[2] == "running_var" and bool((v < 0).any()):
+            raise WeightsError(f"{source}: key {k!r} holds negative variances; the weights are broken")
     model.load_state_dict(state, strict=True, assign=assign)
 
 
@@ -152,7 +159,17 @@ def load_checkpoint_folder(directory: str | Path) -> nn.Module:
         spec = InputSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["input"].items()})
     except (TypeError, ValueError) as err:
         raise WeightsError(f"{directory / CONFIG_NAME} has a bad input spec: {err}") from None
+    # What save_pretrained copies from the registry entry must still be the entry's: a config that
+    # names another model would otherwise load under that model's preprocessing and embedding.
+    for key, theirs, ours in (("input", spec, entry.input), ("method", config.get("method", entry.method), entry.method),
+                              ("pretrain_data", config.get("pretrain_data", entry.pretrain_data), entry.pretrain_data)):
+        if theirs != ours:
+            raise WeightsError(f"{source} names model {entry.name!r} but its {key} is not that model's "
+                               f"({_describe(theirs)} instead of {_describe(ours)}); the config belongs to another model")
     weights = config["weights"]
+    if not isinstance(weights.get("sha256"), str) or len(weights["sha256"]) != 64:
+        raise WeightsError(f"{source} gives no sha256 of the weights, so they cannot be verified; "
+                           "re-save the checkpoint with save_pretrained")
     weights_file = weights.get("file", WEIGHTS_NAME)
     if not isinstance(weights_file, str) or Path(weights_file).name != weights_file or weights_file in ("", ".", ".."):
         raise WeightsError(f"{source}: weights file must be a file name inside the folder, got {weights_file!r}")
@@ -168,6 +185,10 @@ def load_checkpoint_folder(directory: str | Path) -> nn.Module:
     left = next((n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta), None)
     if left is not None:  # a tensor outside the state dict: a bug in the architecture, never silent
         raise WeightsError(f"{directory / weights_file}: {left!r} was not loaded")
-    model.entry = dataclasses.replace(entry, input=spec)
+    model.entry = entry
     model.checkpoint_config = config
     return model.eval()
+
+
+def _describe(value: Any) -> str:
+    return json.dumps(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)[:160]
