@@ -11,7 +11,9 @@ import numpy as np
 
 from zoo.errors import UsageError
 
-from export.options import ENGINES, INPUT_KINDS, POOLINGS, PROVIDERS
+from zoo.cli import OutputPath
+
+from export.options import ENGINES, HNSW_M, INPUT_KINDS, MAX_BATCH, MAX_K, MAX_THREADS, OPSETS, POOLINGS, PROVIDERS
 
 
 def _parse_profile(text: str) -> tuple[int, int, int]:
@@ -30,7 +32,7 @@ def _mb(path: Path) -> str:
 @click.argument("name_or_dir")
 @click.option("--onnx", "to_onnx", is_flag=True, help="Write an ONNX file (checked against PyTorch).")
 @click.option("--tensorrt", "to_tensorrt", is_flag=True, help="Also build a TensorRT engine (needs an NVIDIA GPU).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("-o", "--output", type=OutputPath(dir_okay=False, path_type=Path), default=None,
               help="ONNX file to write [default: NAME-LAYER-POOL[-fp16|-int8].onnx].")
 @click.option("--layer", default=None, help="Feature layer to embed [default: the model's embedding layer].")
 @click.option("--pool", type=click.Choice(POOLINGS), default="avg", show_default=True,
@@ -39,10 +41,10 @@ def _mb(path: Path) -> str:
               help="uint8: (N, H, W, 3) RGB bytes; float: (N, 3, H, W) RGB in [0, 1].")
 @click.option("--fp16", is_flag=True, help="Run the network in float16 (for GPUs; TensorRT takes it from the ONNX).")
 @click.option("--int8", is_flag=True, help="Static int8 QDQ quantisation calibrated on real photos.")
-@click.option("--opset", type=int, default=None, help="ONNX opset [default: the exporter's].")
+@click.option("--opset", type=click.IntRange(*OPSETS), default=None, help="ONNX opset [default: the exporter's].")
 @click.option("--batch-profile", default="1,32,128", show_default=True,
               help="TensorRT optimisation profile: MIN,OPT,MAX batch.")
-@click.option("--engine-output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--engine-output", type=OutputPath(dir_okay=False, path_type=Path), default=None,
               help="Where to copy the TensorRT engine [default: next to the ONNX file, .engine].")
 def export_cmd(name_or_dir, to_onnx, to_tensorrt, output, layer, pool, input_kind, fp16, int8, opset,
                batch_profile, engine_output):
@@ -107,27 +109,28 @@ def export_cmd(name_or_dir, to_onnx, to_tensorrt, output, layer, pool, input_kin
 
 
 def _threads_option(f):
-    return click.option("--threads", type=int, default=None,
+    return click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
                         help="Engine threads [default: ZOO_THREADS or all CPUs].")(f)
 
 
 @click.command("extract")
 @click.argument("model_or_onnx")
 @click.argument("images", nargs=-1, required=True)
-@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("-o", "--out", type=OutputPath(file_okay=False, path_type=Path), required=True,
               help="Output folder (embeddings.npy, ids.txt, failed.tsv, meta.json).")
 @click.option("--engine", type=click.Choice(ENGINES), default="onnx", show_default=True,
               help="torch (eager), onnx (ONNX Runtime) or tensorrt (needs an NVIDIA GPU).")
 @click.option("--provider", type=click.Choice(sorted(PROVIDERS)), default="cpu", show_default=True,
               help="ONNX Runtime execution provider for --engine onnx.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True, help="Decoding threads (0: decode inline).")
-@click.option("--shard-size", type=int, default=1024, show_default=True,
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(0, MAX_THREADS), default=2, show_default=True,
+              help="Decoding threads (0: decode inline).")
+@click.option("--shard-size", type=click.IntRange(1, 1 << 24), default=1024, show_default=True,
               help="Images per shard: the unit of resuming and of torchrun sharding.")
 @click.option("--layer", default=None, help="Feature layer (registry names and checkpoint folders only).")
 @click.option("--pool", type=click.Choice(POOLINGS), default="avg", show_default=True)
-@click.option("--rank", type=int, default=None, help="This process's shard set [default: $RANK from torchrun, else 0].")
-@click.option("--world-size", type=int, default=None, help="Number of processes [default: $WORLD_SIZE, else 1].")
+@click.option("--rank", type=click.IntRange(min=0), default=None, help="This process's shard set [default: $RANK from torchrun, else 0].")
+@click.option("--world-size", type=click.IntRange(min=1), default=None, help="Number of processes [default: $WORLD_SIZE, else 1].")
 @click.option("--overwrite", is_flag=True, help="Discard what OUT holds instead of resuming.")
 @_threads_option
 def extract_cmd(model_or_onnx, images, out, engine, provider, batch_size, workers, shard_size, layer, pool, rank,
@@ -172,16 +175,16 @@ def index_group():
 
 @index_group.command("build")
 @click.argument("embeddings", type=click.Path(path_type=Path))
-@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Index folder.")
+@click.option("-o", "--out", type=OutputPath(file_okay=False, path_type=Path), required=True, help="Index folder.")
 @click.option("--type", "index_type", type=click.Choice(["flat", "ivfpq", "hnsw", "auto"]), default="flat",
               show_default=True, help="flat: exact; ivfpq: IVF-PQ + exact re-ranking; hnsw; auto: fastest for --recall.")
-@click.option("--whiten", type=int, default=None, help="Learn PCA whitening to N dims on the database.")
-@click.option("--recall", "recall_target", type=float, default=None,
+@click.option("--whiten", type=click.IntRange(min=1), default=None, help="Learn PCA whitening to N dims on the database.")
+@click.option("--recall", "recall_target", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Tune search parameters (and with --type auto, the type) for this recall@k against exact search.")
-@click.option("-k", type=int, default=10, show_default=True, help="k of the recall target.")
-@click.option("--nlist", type=int, default=None, help="IVF lists [default: ~4 sqrt(N)].")
-@click.option("--pq-m", type=int, default=None, help="PQ bytes per vector [default: ~D/8, at most 64].")
-@click.option("--hnsw-m", type=int, default=32, show_default=True, help="HNSW graph degree.")
+@click.option("-k", type=click.IntRange(1, MAX_K), default=10, show_default=True, help="k of the recall target.")
+@click.option("--nlist", type=click.IntRange(min=1), default=None, help="IVF lists [default: ~4 sqrt(N)].")
+@click.option("--pq-m", type=click.IntRange(1, 256), default=None, help="PQ bytes per vector [default: ~D/8, at most 64].")
+@click.option("--hnsw-m", type=click.IntRange(*HNSW_M), default=32, show_default=True, help="HNSW graph degree.")
 @_threads_option
 def index_build_cmd(embeddings, out, index_type, whiten, recall_target, k, nlist, pq_m, hnsw_m, threads):
     """Build an index of the extraction folder EMBEDDINGS (from `zoo extract`)."""
@@ -225,7 +228,7 @@ def _set_faiss_threads(threads):
 @click.command("search")
 @click.argument("index_dir", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True)
-@click.option("-k", type=int, default=5, show_default=True, help="Results per query.")
+@click.option("-k", type=click.IntRange(1, MAX_K), default=5, show_default=True, help="Results per query.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: [{query, results: [{id, score}]}].")
 @_threads_option
 def search_cmd(index_dir, images, k, as_json, threads):
@@ -234,8 +237,6 @@ def search_cmd(index_dir, images, k, as_json, threads):
     from export.extract import decode
     from export.index import load_index, search
 
-    if k < 1:
-        raise UsageError("-k must be at least 1")
     _set_faiss_threads(threads)
     index, ids, meta = load_index(index_dir)
     source, model = meta.get("source"), meta.get("model") or {}

@@ -95,6 +95,8 @@ def build_index(vectors: np.ndarray, params: BuildParams):
     faiss = _faiss()
     x = _as_float32(vectors)
     n, d = x.shape
+    if n == 0:
+        raise UsageError("no embeddings to index (every image was unreadable? see the extraction's failed.tsv)")
     if params.type not in INDEX_TYPES:
         raise UsageError(f"unknown index type {params.type!r}; choose one of {', '.join(INDEX_TYPES)} or auto")
     rng = np.random.default_rng(params.seed)
@@ -324,7 +326,7 @@ def load_index(directory: str | Path):
         raise UsageError(f"{directory / META} is not an sslzoo index (format {meta.get('format')!r})")
     index = faiss.read_index(str(directory / INDEX_FILE))
     ids = (directory / IDS).read_text(encoding="utf-8").splitlines()
-    if len(ids) != index.ntotal:
+    if len(ids) != index.ntotal or index.ntotal == 0:
         raise UsageError(f"{directory}: {len(ids)} ids for {index.ntotal} vectors; rebuild the index")
     set_search_params(index, SearchParams(meta.get("search_params") or {}))
     return index, ids, meta

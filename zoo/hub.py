@@ -88,6 +88,8 @@ class LocalHub:
     """
 
     def __init__(self, root: str | Path | None = None):
+        if root is not None and not str(root).strip():
+            raise UsageError("the local hub folder is empty; name a folder (or leave it out for $ZOO_HUB)")
         self.root = Path(root).expanduser() if root is not None else default_hub_dir()
 
     def repo_dir(self, repo: str) -> Path:

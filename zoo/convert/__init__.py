@@ -136,10 +136,12 @@ def _sources_help() -> str:
 def _command():
     import click
 
+    from zoo.cli import OutputPath
+
     @click.command("convert", epilog=_sources_help())
     @click.argument("source")
     @click.argument("file", type=click.Path(path_type=Path))
-    @click.option("-o", "--out", "directory", required=True, type=click.Path(path_type=Path),
+    @click.option("-o", "--out", "directory", required=True, type=OutputPath(path_type=Path),
                   help="Checkpoint folder to write (model.safetensors + config.json).")
     @click.option("--arch", default=None, help="Architecture when SOURCE has several (alexnet, vgg16, resnet50, ...).")
     @click.option("--keep-heads", is_flag=True, help="Keep AlexNet/VGG pretraining heads as heads.<i>.")
