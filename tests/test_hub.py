@@ -391,3 +391,15 @@ def test_local_path_problems(tmp_path):
         zoo.from_pretrained(tmp_path, revision="main")
     with pytest.raises(WeightsError, match="config.json not found"):
         zoo.from_pretrained(tmp_path)
+
+
+def test_a_snapshot_id_cannot_be_republished_to_other_weights(tmp_path, capsys):
+    cards = tmp_path / "cards"
+    first = publish(publishable_checkpoint(random_model("rotnet_nin_fmnist", seed=1), tmp_path / "a", cards), REPO)
+    other = publishable_checkpoint(random_model("rotnet_nin_fmnist", seed=2), tmp_path / "b", cards)
+    for revision in (first.version, first.version.upper()):
+        assert zoo_main(["publish", str(other), "--repo", REPO, "--revision", revision]) == 2
+        err = capsys.readouterr().err
+        assert "reads as a snapshot id" in err and err.count("\n") == 1
+    assert LocalHub().revisions(REPO) == {"main": first.version}
+    assert snapshot_id_of(LocalHub().snapshot(REPO, first.version)) == first.version

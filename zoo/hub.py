@@ -53,6 +53,15 @@ def check_revision(revision: str) -> str:
     return revision
 
 
+def check_branch(revision: str) -> str:
+    """A revision to publish to: a name, never something that reads as a snapshot id or commit,
+    which pins content and must keep pointing at what it was made from."""
+    if SNAPSHOT_ID.fullmatch(check_revision(revision).lower()):
+        raise UsageError(f"--revision {revision} reads as a snapshot id, and snapshot ids never change what they "
+                         "point to; publish to a named revision (e.g. v2)")
+    return revision
+
+
 # ----------------------------------------------------------------------------------------------
 # The local hub
 # ----------------------------------------------------------------------------------------------
@@ -119,7 +128,7 @@ class LocalHub:
 
     def publish(self, directory: Path, repo: str, revision: str = DEFAULT_REVISION) -> tuple[Path, str]:
         """Copy the checkpoint files of ``directory`` in as a snapshot and point ``revision`` at it."""
-        revision = check_revision(revision)
+        revision = check_branch(revision)
         repo_dir = self.repo_dir(repo)
         incoming = repo_dir / ".incoming"
         incoming.mkdir(parents=True, exist_ok=True)
@@ -424,7 +433,7 @@ def publish(directory: str | os.PathLike, repo: str, *, hf: bool = False, local_
     from zoo import __version__
 
     check_repo_id(repo)
-    check_revision(revision)
+    check_branch(revision)
     if hf and local_hub is not None:
         raise UsageError("choose one destination: --local-hub PATH or --hf")
     if private and not hf:
