@@ -234,7 +234,7 @@ def _set_faiss_threads(threads):
 def search_cmd(index_dir, images, k, as_json, threads):
     """Find the K nearest images in INDEX_DIR for each query IMAGE (embedded by the index's model)."""
     from export.engines import is_onnx_file, open_engine
-    from export.extract import decode
+    from export.extract import decode, escape_id
     from export.index import load_index, search
 
     _set_faiss_threads(threads)
@@ -256,10 +256,10 @@ def search_cmd(index_dir, images, k, as_json, threads):
     for path in images:
         image, reason = decode(str(path), engine.spec.input, engine.spec.input_kind)
         if image is None:
-            click.echo(f"warning: skipped query {path}: {reason}", err=True)
+            click.echo(f"warning: skipped query {escape_id(str(path))}: {escape_id(' '.join(reason.split()))}", err=True)
             continue
         rows.append(image)
-        names.append(str(path))
+        names.append(escape_id(str(path)))
     if not rows:
         raise UsageError("none of the query images could be read")
 

@@ -3,8 +3,11 @@
 Output folder (``-o OUT``)::
 
     OUT/embeddings.npy   (N, D) float32, L2-normalised rows; row i belongs to line i of ids.txt
-    OUT/ids.txt          N file ids (the paths as given, or DIR/relative path for folders), UTF-8
-    OUT/failed.tsv       files that could not be read: "path<TAB>reason" per line (may be empty)
+    OUT/ids.txt          N file ids (the paths as given, or DIR/relative path for folders), UTF-8,
+                         one per line: backslashes, control characters, line separators and bytes
+                         that are not UTF-8 are backslash escapes (``escape_id``; ``unescape_id``
+                         gives the path back), so any file name is one line
+    OUT/failed.tsv       files that could not be read: "id<TAB>reason" per line (may be empty)
     OUT/meta.json        model (EmbeddingSpec), source, engine, count, dim, timing
     OUT/model.onnx       the model, when MODEL was a registry name or checkpoint folder (onnx engine)
     OUT/manifest.json    size and sha256 of each of these files, the count, dim and weights sha256
@@ -27,6 +30,8 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import re
+import unicodedata
 import os
 import shutil
 import time
@@ -39,6 +44,7 @@ import numpy as np
 
 from zoo.checkpoint import atomic_write, atomic_write_text
 from zoo.errors import UsageError, ZooError
+from zoo.photos import IMAGE_SUFFIXES
 from zoo.fileset import (
     MANIFEST, check_output_folder, commit_folder, describe_owner, is_temporary, new_staging, release_lock, try_lock,
     verify_manifest,
@@ -46,7 +52,6 @@ from zoo.fileset import (
 
 from export.embedding import prepare_image, spec_to_metadata
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 EMBEDDINGS, IDS, FAILED, META, SHARDS = "embeddings.npy", "ids.txt", "failed.tsv", "meta.json", "shards"
 RESULT_FILES = (EMBEDDINGS, IDS, FAILED, META)
 MERGE_LOCK = "merge.lock"
@@ -72,10 +77,50 @@ def collect_images(inputs: Sequence[str | Path]) -> list[str]:
         if f not in seen:
             seen.add(f)
             unique.append(f)
-    for f in unique:
-        if "\n" in f or "\t" in f:
-            raise UsageError(f"file name {f!r} contains a newline or tab; rename it (ids.txt is one id per line)")
     return unique
+
+
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+_ESCAPED = re.compile(r"\\(\\|n|t|r|x[0-9a-f]{2}|u[0-9a-f]{4})")
+
+
+def escape_id(path: str) -> str:
+    """A file path as one line of UTF-8 text: a backslash, a control character (``\\n``,
+    ``\\u0085``), a line or paragraph separator (``\\u2028``) becomes a backslash escape, and a
+    byte that is not UTF-8 (which Python keeps as a lone surrogate) ``\\xNN``. Other paths are
+    their own ids."""
+    if path.isprintable() and "\\" not in path:
+        return path
+    out = []
+    for c in path:
+        code = ord(c)
+        if c in _ESCAPES:
+            out.append(_ESCAPES[c])
+        elif 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's surrogateescape of an undecodable byte
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif unicodedata.category(c) in ("Cc", "Zl", "Zp", "Cs"):
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def unescape_id(text: str) -> str:
+    """The path of an id (``os.fsencode`` of it gives the file name's bytes back)."""
+    def one(m: re.Match) -> str:
+        e = m.group(1)
+        return {"\\": "\\", "n": "\n", "t": "\t", "r": "\r"}.get(e) or \
+            chr(0xDC00 + int(e[1:], 16) if e[0] == "x" else int(e[1:], 16))
+    return _ESCAPED.sub(one, text)
+
+
+def ids_text(ids: Sequence[str]) -> str:
+    return "".join(f"{i}\n" for i in ids)
+
+
+def parse_ids(text: str) -> list[str]:
+    """ids.txt's lines: split at \\n only (str.splitlines would also split at \\r, \\f, U+0085, U+2028)."""
+    return text.split("\n")[:-1] if text else []
 
 
 def distributed_rank() -> tuple[int, int]:
@@ -167,9 +212,10 @@ def extract(engine, images: Sequence[str | Path], out: str | Path, batch_size: i
     world_size = env_world if world_size is None else world_size
     if not 0 <= rank < world_size:
         raise UsageError(f"rank {rank} is outside 0..{world_size - 1}")
-    ids = collect_images(images)
-    if not ids:
+    files = collect_images(images)
+    if not files:
         raise UsageError("no images found in " + ", ".join(map(str, images)))
+    ids = [escape_id(f) for f in files]
     plan = make_plan(ids, shard_size, engine)
     already = _claim_output(out, plan, overwrite)
     if model_file is not None and not already:  # this job's model, once the folder is known to be ours
@@ -184,10 +230,11 @@ def extract(engine, images: Sequence[str | Path], out: str | Path, batch_size: i
     todo = [s for s in mine if not shard_path(out, s).is_file()]
     done_count = sum(len(_shard_ids(ids, s, shard_size)) for s in mine if s not in todo)
     todo_ids = [i for s in todo for i in _shard_ids(ids, s, shard_size)]
+    todo_files = [f for s in todo for f in _shard_ids(files, s, shard_size)]
     bar = tqdm(total=done_count + len(todo_ids), initial=done_count, unit="img", disable=not progress,
                desc=f"extract{f' rank {rank}/{world_size}' if world_size > 1 else ''}", dynamic_ncols=True)
     start = time.perf_counter()
-    decoded = ordered_map(lambda p: decode(p, spec.input, spec.input_kind), todo_ids, workers,
+    decoded = ordered_map(lambda p: decode(p, spec.input, spec.input_kind), todo_files, workers,
                           window=max(2 * batch_size, 4 * max(workers, 1)))
     engine_seconds = 0.0
     for s in todo:
@@ -206,14 +253,14 @@ def extract(engine, images: Sequence[str | Path], out: str | Path, batch_size: i
                 batch.clear()
                 batch_ids.clear()
 
-        for path in shard_ids:
+        for file_id in shard_ids:
             image, reason = next(decoded)
             if image is None:
-                failed.append((path, reason))
+                failed.append((file_id, escape_id(" ".join(reason.split()))))
                 bar.update(1)
                 continue
             batch.append(image)
-            batch_ids.append(path)
+            batch_ids.append(file_id)
             if len(batch) == batch_size:
                 flush()
         flush()
@@ -298,8 +345,8 @@ def merge_shards(out: Path, plan: Plan, engine, source: str) -> dict:
         emb = np.concatenate(embs) if embs else np.zeros((0, plan.model["dim"]), np.float32)
         staging = new_staging(out)
         atomic_write(staging / EMBEDDINGS, lambda p: _save_npy(p, emb))
-        atomic_write_text(staging / IDS, "".join(f"{i}\n" for i in ids))
-        atomic_write_text(staging / FAILED, "".join(f"{p}\t{' '.join(r.split())}\n" for p, r in failed))
+        atomic_write_text(staging / IDS, ids_text(ids))
+        atomic_write_text(staging / FAILED, "".join(f"{p}\t{r}\n" for p, r in failed))
         meta = {"format": FORMAT, "count": len(ids), "failed": len(failed), "dim": int(emb.shape[1]),
                 "source": source, "engine": engine.name, "model": spec_to_metadata(engine.spec),
                 "plan": json.loads(plan.to_json())}
@@ -333,7 +380,7 @@ def load_embeddings(path: str | Path) -> tuple[np.ndarray, list[str], dict]:
     verify_manifest(path, RESULT_FILES, fix="run `zoo extract ... --overwrite` again")
     meta = json.loads((path / META).read_text())
     emb = np.load(path / EMBEDDINGS, mmap_mode="r")
-    ids = (path / IDS).read_text(encoding="utf-8").splitlines()
+    ids = parse_ids((path / IDS).read_text(encoding="utf-8"))
     if emb.ndim != 2 or len(ids) != emb.shape[0]:
         raise UsageError(f"{path}: {EMBEDDINGS} has {emb.shape[0]} rows but {IDS} {len(ids)} ids; re-extract")
     return emb, ids, meta

@@ -286,6 +286,8 @@ def _core_nlist(index) -> int | None:
 
 def save_index(directory: str | Path, index, ids: Sequence[str], meta: dict) -> Path:
     """Write the index folder as a whole (staged, sealed with its manifest, swapped in)."""
+    from export.extract import ids_text
+
     faiss = _faiss()
     directory = check_index_output(directory)
     if index.ntotal != len(ids):
@@ -293,7 +295,7 @@ def save_index(directory: str | Path, index, ids: Sequence[str], meta: dict) -> 
     staging = new_staging(directory)
     try:
         atomic_write(staging / INDEX_FILE, lambda p: faiss.write_index(index, str(p)))
-        atomic_write_text(staging / IDS, "".join(f"{i}\n" for i in ids))
+        atomic_write_text(staging / IDS, ids_text(ids))
         atomic_write_text(staging / META, json.dumps({"format": FORMAT, **meta}, indent=2, sort_keys=True) + "\n")
         commit_folder(staging, directory, content=FORMAT, count=len(ids), dim=int(index.d),
                       weights_sha256=(meta.get("model") or {}).get("weights_sha256"))
@@ -316,6 +318,8 @@ def check_index_output(directory: str | Path) -> Path:
 
 def load_index(directory: str | Path):
     """(faiss index with its tuned search parameters set, ids, meta)."""
+    from export.extract import parse_ids
+
     faiss = _faiss()
     directory = Path(directory)
     if not (directory / META).is_file() or not (directory / INDEX_FILE).is_file():
@@ -325,7 +329,7 @@ def load_index(directory: str | Path):
     if meta.get("format") != FORMAT:
         raise UsageError(f"{directory / META} is not an sslzoo index (format {meta.get('format')!r})")
     index = faiss.read_index(str(directory / INDEX_FILE))
-    ids = (directory / IDS).read_text(encoding="utf-8").splitlines()
+    ids = parse_ids((directory / IDS).read_text(encoding="utf-8"))
     if len(ids) != index.ntotal or index.ntotal == 0:
         raise UsageError(f"{directory}: {len(ids)} ids for {index.ntotal} vectors; rebuild the index")
     set_search_params(index, SearchParams(meta.get("search_params") or {}))
