@@ -378,3 +378,26 @@ def test_search_refuses_an_index_whose_model_file_was_replaced(onnx_model, jpegs
     export_onnx(*build_embedding_model(backbone, "rotnet_nin_fmnist", weights, layer="block1", pool="max"), model)
     res = run_zoo("search", str(tmp_path / "ix"), str(jpegs / "coffee.jpg"))
     assert res.returncode == 2 and "was replaced" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_a_full_disk_during_an_index_build_names_the_index_and_keeps_the_old_one(tmp_path, monkeypatch, capsys):
+    from zoo.cli import main
+
+    x = clustered_vectors(300)
+    index, meta = build_and_tune(x, BuildParams(type="flat"))
+    save_index(tmp_path / "ix", index, [f"img{i}" for i in range(len(x))], meta)
+    before = _folder_state(tmp_path / "ix")
+    (tmp_path / "emb").mkdir()
+    np.save(tmp_path / "emb" / "embeddings.npy", x[:100])
+    (tmp_path / "emb" / "ids.txt").write_text("".join(f"new{i}\n" for i in range(100)))
+    (tmp_path / "emb" / "failed.tsv").write_text("")
+    (tmp_path / "emb" / "meta.json").write_text(json.dumps({"format": "sslzoo-embeddings/1", "count": 100}))
+    from zoo.fileset import write_manifest
+
+    write_manifest(tmp_path / "emb")
+    monkeypatch.setenv("ZOO_TEST_FAULT", "write@index.faiss:1:enospc")
+    assert main(["index", "build", str(tmp_path / "emb"), "-o", str(tmp_path / "ix")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: disk full while writing {tmp_path / 'ix' / 'index.faiss'} (") and \
+        err.count("\n") == 1, err
+    assert _folder_state(tmp_path / "ix") == before and sorted(p.name for p in tmp_path.iterdir()) == ["emb", "ix"]

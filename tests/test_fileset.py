@@ -42,3 +42,40 @@ def test_the_fault_hook_kills_at_the_nth_rename(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], env={**os.environ, FAULT_ENV: "rename:2:kill"})
     assert res.returncode == -9
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["f0"]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 512 KiB tmpfs, where mounting one is allowed (root in a container); skipped elsewhere."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_really_full_disk_is_one_line_for_torch_faiss_and_safetensors_writers(tiny_disk):
+    import faiss
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    from zoo.checkpoint import atomic_write
+
+    writers = {"state.pt": lambda p: torch.save({"w": torch.zeros(300_000)}, p),  # torch: "unexpected pos"
+               "index.faiss": lambda p: faiss.write_index(_flat_index(np, faiss), str(p)),
+               "model.safetensors": lambda p: save_file({"w": torch.zeros(300_000)}, str(p))}
+    for name, write in writers.items():
+        with pytest.raises(DiskFullError, match=rf"disk full while writing {tiny_disk / name} \(at least"):
+            atomic_write(tiny_disk / name, write)
+        assert list(tiny_disk.iterdir()) == []  # nothing half-written
+
+
+def _flat_index(np, faiss):
+    index = faiss.IndexFlatIP(64)
+    index.add(np.zeros((4000, 64), np.float32))
+    return index

@@ -1,6 +1,7 @@
 """Resolution (local folder -> local hub -> Hugging Face), publishing and strict loading."""
 
 import json
+import os
 import pickle
 import shutil
 import subprocess
@@ -127,7 +128,7 @@ def test_failed_or_interrupted_publish_leaves_previous_version(tmp_path, monkeyp
             publish(new_dir, REPO)
 
     assert hub.revisions(REPO) == before
-    assert list((hub.repo_dir(REPO) / ".incoming").iterdir()) == []
+    assert not (hub.repo_dir(REPO) / ".incoming").exists()  # nothing left behind, not even the folder
     assert_same_features(features(zoo.from_pretrained(REPO)), features(old))
 
 
@@ -403,3 +404,37 @@ def test_a_snapshot_id_cannot_be_republished_to_other_weights(tmp_path, capsys):
         assert "reads as a snapshot id" in err and err.count("\n") == 1
     assert LocalHub().revisions(REPO) == {"main": first.version}
     assert snapshot_id_of(LocalHub().snapshot(REPO, first.version)) == first.version
+
+
+def test_a_full_disk_while_publishing_names_the_hub_not_the_source(tmp_path, monkeypatch, capsys):
+    cards = tmp_path / "cards"
+    hub = LocalHub(tmp_path / "hub")
+    old = publish(publishable_checkpoint(random_model("rotnet_nin_fmnist", seed=1), tmp_path / "a", cards), REPO,
+                  local_hub=hub.root)
+    new = publishable_checkpoint(random_model("rotnet_nin_fmnist", seed=2), tmp_path / "b", cards)
+    monkeypatch.setenv("ZOO_TEST_FAULT", "write@model.safetensors:1:enospc")
+    assert zoo_main(["publish", str(new), "--repo", REPO, "--local-hub", str(hub.root)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: disk full while writing {hub.repo_dir(REPO)}") and err.count("\n") == 1, err
+    assert str(new) not in err and "needed" in err
+    assert hub.revisions(REPO) == {"main": old.version} and not (hub.repo_dir(REPO) / ".incoming").exists()
+
+
+def test_a_killed_publish_leaves_nothing_that_the_next_one_does_not_remove(tmp_path):
+    cards = tmp_path / "cards"
+    hub = LocalHub(tmp_path / "hub")
+    first = publishable_checkpoint(random_model("rotnet_nin_fmnist", seed=1), tmp_path / "a", cards)
+    repo = hub.repo_dir(REPO)
+    left = {"write@model.safetensors:1:kill": lambda: [p.name[:8] for p in (repo / ".incoming").iterdir()],
+            "rename@main:1:kill": lambda: [p.name[:6] for p in (repo / "refs").iterdir()]}
+    for fault, leftovers in left.items():  # killed mid-copy; killed writing the ref
+        res = subprocess.run([sys.executable, "-m", "zoo", "publish", str(first), "--repo", REPO, "--local-hub",
+                              str(hub.root)], cwd=ROOT, capture_output=True, text=True,
+                             env={**os.environ, "ZOO_TEST_FAULT": fault})
+        assert res.returncode == -9, res.stderr
+        assert leftovers() in (["publish."], [".main."])
+    second = publishable_checkpoint(random_model("rotnet_nin_fmnist", seed=2), tmp_path / "b", cards)
+    published = publish(second, REPO, local_hub=hub.root)
+    assert not (repo / ".incoming").exists()
+    assert sorted(p.name for p in (repo / "refs").iterdir()) == ["main"]
+    assert hub.revisions(REPO) == {"main": published.version}

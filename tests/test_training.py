@@ -224,3 +224,12 @@ def test_resume_skips_a_checkpoint_with_flipped_bytes_with_a_one_line_warning(tm
     assert "resuming from" in res.stdout and "step-00000003.pt" in res.stdout
     after = _weights(run)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_file(tmp_path):
+    run = tmp_path / "run"
+    res = run_zoo("train", "rotnet", "--recipe", "tiny", "--limit", "64", "--batch-size", "16", "--checkpoint-every",
+                  "1", "--no-progress", "--out", str(run), env={**ONE_THREAD, "ZOO_TEST_FAULT": "write@step-*.pt:2:enospc"})
+    assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith(f"error: disk full while writing {run / 'checkpoints' / 'step-00000002.pt'} (")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000001.pt"]

@@ -109,7 +109,32 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
 
 
-def disk_full(path: str | Path, needed: int | None = None) -> DiskFullError:
+def _disk_is_full(err: BaseException, folder: Path) -> bool:
+    """Whether a failed write failed for want of space: ENOSPC, or a library's error that says so
+    (FAISS, safetensors), or one that does not (torch.save: "unexpected pos") on a disk with
+    (almost) nothing left."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    if "No space left on device" in text or "os error 28" in text or "Disk quota exceeded" in text:
+        return True
+    if isinstance(err, RuntimeError):
+        try:
+            return shutil.disk_usage(folder).free < (1 << 20)
+        except OSError:
+            return False
+    return False
+
+
+def _shown(path: Path) -> Path:
+    """A file in a staging folder is shown as the file it will become (``.OUT.staging.*/f`` -> ``OUT/f``)."""
+    name = path.parent.name
+    if name.startswith(".") and ".staging." in name:
+        return path.parent.parent / name[1:name.index(".staging.")] / path.name
+    return path
+
+
+def disk_full(path: str | Path, needed: int | None = None, at_least: bool = False) -> DiskFullError:
     """The one-line error for a full disk while writing ``path`` (needing about ``needed`` bytes)."""
     path = Path(path)
     folder = next((p for p in (path.parent, *path.parents) if p.exists()), Path("."))
@@ -117,7 +142,8 @@ def disk_full(path: str | Path, needed: int | None = None) -> DiskFullError:
         free = f"{_mb(shutil.disk_usage(folder).free)} free there"
     except OSError:
         free = "free space unknown"
-    need = f"about {_mb(needed)} needed, " if needed else ""
+    need = f"{'at least' if at_least else 'about'} {_mb(needed)} needed, " if needed else ""
+    path = _shown(path)
     return DiskFullError(f"disk full while writing {path} ({need}{free}); free some space and rerun "
                          "(nothing half-written was kept)")
 
@@ -131,9 +157,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], size_hint: int
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.{owner_tag()}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
-        if err.errno == errno.ENOSPC:
+        if _disk_is_full(err, path.parent):
             raise disk_full(path, size_hint) from None
         raise
     tmp = Path(name)
@@ -149,9 +175,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], size_hint: int
         os.replace(tmp, path)
     except BaseException as err:
         written = _size(tmp)
+        full = isinstance(err, Exception) and _disk_is_full(err, path.parent)  # before the temp file frees space
         tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            raise disk_full(path, size_hint or written or None) from None
+        if full:
+            raise disk_full(path, size_hint or written or None, at_least=size_hint is None) from None
         raise
 
 
@@ -173,8 +200,9 @@ def copy_synced(src: str | Path, dst: str | Path) -> None:
         with open(dst, "rb") as f:
             os.fsync(f.fileno())
     except OSError as err:
-        if err.errno == errno.ENOSPC:
-            dst.unlink(missing_ok=True)
+        full = _disk_is_full(err, dst.parent)
+        dst.unlink(missing_ok=True)
+        if full:
             raise disk_full(dst, _size(src)) from None
         raise
 
@@ -198,6 +226,11 @@ def fsync_dir(path: str | Path) -> None:
 
 def _host_tag() -> str:
     return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def owner_tag() -> str:
+    """``<pid>.<host>`` of this process, for names of temporary files and folders."""
+    return f"{os.getpid()}.{_host_tag()}"
 
 
 def process_alive(pid: int) -> bool:
@@ -321,22 +354,45 @@ def _leftover_prefixes(target: Path) -> tuple[str, str]:
     return f".{target.name}.staging.", f".{target.name}.old."
 
 
-def clean_leftovers(target: str | Path, max_age: float = 24 * 3600.0) -> None:
+def owned_name(prefix: str, suffix: str = "") -> str:
+    """``PREFIX<pid>.<host>.<random>SUFFIX``: a temporary name that says whose it is."""
+    return f"{prefix}{owner_tag()}.{secrets.token_hex(4)}{suffix}"
+
+
+def remove_abandoned(folder: str | Path, prefix: str, suffix: str = "", max_age: float = 24 * 3600.0,
+                     unowned_max_age: float | None = None) -> None:
+    """Remove the entries of ``folder`` named ``PREFIX...<pid>.<host>.<random>SUFFIX`` whose owner
+    is gone (``owner_gone``). Other names with that prefix and suffix (older versions wrote no
+    owner) are removed only when ``unowned_max_age`` is given and they are older than it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        name = entry.name
+        if not name.startswith(prefix) or not name.endswith(suffix) or len(name) <= len(prefix) + len(suffix):
+            continue
+        fields = name[len(prefix):len(name) - len(suffix)].rsplit(".", 3)[-3:]  # pid, host, random
+        owned = len(fields) == 3 and fields[0].isdigit() and len(fields[1]) == 8
+        if owned:
+            gone = owner_gone(int(fields[0]), fields[1], _age(entry), max_age)
+        else:
+            gone = unowned_max_age is not None and _age(entry) > unowned_max_age
+        if gone:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def clean_leftovers(target: str | Path) -> None:
     """Remove staging and replaced copies of ``target`` left by killed processes."""
     target = Path(target)
-    if not target.parent.is_dir():
-        return
-    for entry in target.parent.iterdir():
-        if not entry.name.startswith(_leftover_prefixes(target)):
-            continue
-        parts = entry.name[len(f".{target.name}."):].split(".")  # kind, pid, host, random
-        pid = int(parts[1]) if len(parts) == 4 and parts[1].isdigit() else None
-        if owner_gone(pid, parts[2] if len(parts) == 4 else None, _age(entry), max_age):
-            shutil.rmtree(entry, ignore_errors=True)
+    for prefix in _leftover_prefixes(target):
+        remove_abandoned(target.parent, prefix)
 
 
 def _sibling(target: Path, kind: str) -> Path:
-    return target.parent / f".{target.name}.{kind}.{os.getpid()}.{_host_tag()}.{secrets.token_hex(4)}"
+    return target.parent / owned_name(f".{target.name}.{kind}.")
 
 
 def new_staging(target: str | Path) -> Path:
