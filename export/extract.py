@@ -331,7 +331,10 @@ def merge_shards(out: Path, plan: Plan, engine, source: str) -> dict:
     """Concatenate the shards into the final files (once: a lock naming its owner guards it; the
     lock of a process that is gone is taken over). ``{"merging": who}`` if another process holds it."""
     lock = out / SHARDS / MERGE_LOCK
-    owner = try_lock(lock)
+    try:
+        owner = try_lock(lock)
+    except FileNotFoundError:  # the shards folder went with the result another rank has just swapped in
+        return {"merging": "another process has merged the shards"}
     if owner is not None:  # another rank is merging (a lock whose owner is gone was taken over)
         return {"merging": f"{describe_owner(owner)} is merging the shards (if it is gone, delete {lock})"}
     staging = None
