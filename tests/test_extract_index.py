@@ -401,3 +401,10 @@ def test_a_full_disk_during_an_index_build_names_the_index_and_keeps_the_old_one
     assert err.startswith(f"error: disk full while writing {tmp_path / 'ix' / 'index.faiss'} (") and \
         err.count("\n") == 1, err
     assert _folder_state(tmp_path / "ix") == before and sorted(p.name for p in tmp_path.iterdir()) == ["emb", "ix"]
+
+
+def test_a_rank_that_finds_the_shards_merged_already_says_so(tmp_path):
+    from export.extract import merge_shards
+
+    (tmp_path / "out").mkdir()  # what a rank sees once another has swapped the merged result in
+    assert merge_shards(tmp_path / "out", None, None, "") == {"merging": "another process has merged the shards"}
