@@ -30,11 +30,11 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-import re
-import unicodedata
 import os
+import re
 import shutil
 import time
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,11 +44,11 @@ import numpy as np
 
 from zoo.checkpoint import atomic_write, atomic_write_text
 from zoo.errors import UsageError, ZooError
-from zoo.photos import IMAGE_SUFFIXES
 from zoo.fileset import (
     MANIFEST, check_output_folder, commit_folder, describe_owner, is_temporary, new_staging, release_lock, try_lock,
     verify_manifest,
 )
+from zoo.photos import IMAGE_SUFFIXES
 
 from export.embedding import prepare_image, spec_to_metadata
 
