@@ -176,8 +176,9 @@ def test_every_method_resumed_after_a_kill_mid_epoch_equals_an_uninterrupted_run
 
     methods = sorted(METHODS)
     script = _TRAIN_ALL.format(methods=methods)
+    log = open(tmp_path / "reference.log", "w")  # a file, not a pipe that could fill while we wait
     reference = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "whole")], cwd=ROOT, env=ONE_THREAD,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                 stdout=log, stderr=subprocess.STDOUT)
     killed_env = {**ONE_THREAD, "ZOO_TEST_FAULT": KILL_AT_SECOND_CHECKPOINT}
     for method in methods:  # one process each (a kill ends a process), beside the reference runs
         res = subprocess.run([sys.executable, "-m", "zoo", "train", method, "--recipe", "tiny", "--checkpoint-every",
@@ -190,7 +191,8 @@ def test_every_method_resumed_after_a_kill_mid_epoch_equals_an_uninterrupted_run
                          env=ONE_THREAD, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("(epoch 0, step 2)") == len(methods)  # each resumed in the middle of epoch 0
-    assert reference.wait(timeout=900) == 0, reference.stderr.read()[-3000:]
+    assert reference.wait(timeout=900) == 0, (tmp_path / "reference.log").read_text()[-3000:]
+    log.close()
     differ = {}
     for method in methods:
         final = max((tmp_path / "whole" / method / "checkpoints").glob("step-*.pt")).name
