@@ -140,7 +140,7 @@ class LocalHub:
         remove_abandoned(repo_dir / "refs", ".", ".tmp")
         staging = incoming / owned_name("publish.")
         try:
-            staging.mkdir()
+            staging.mkdir(parents=True)  # .incoming may have been removed by a publish that just ended
             for name in CHECKPOINT_FILES:
                 copy_synced(directory / name, staging / name)
             # The source may have changed since it was validated: the copy is what must be right.
