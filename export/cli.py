@@ -11,7 +11,9 @@ import numpy as np
 
 from zoo.errors import UsageError
 
-from export.options import ENGINES, INPUT_KINDS, POOLINGS, PROVIDERS
+from zoo.cli import OutputPath
+
+from export.options import ENGINES, HNSW_M, INPUT_KINDS, MAX_BATCH, MAX_K, MAX_THREADS, OPSETS, POOLINGS, PROVIDERS
 
 
 def _parse_profile(text: str) -> tuple[int, int, int]:
@@ -30,7 +32,7 @@ def _mb(path: Path) -> str:
 @click.argument("name_or_dir")
 @click.option("--onnx", "to_onnx", is_flag=True, help="Write an ONNX file (checked against PyTorch).")
 @click.option("--tensorrt", "to_tensorrt", is_flag=True, help="Also build a TensorRT engine (needs an NVIDIA GPU).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("-o", "--output", type=OutputPath(dir_okay=False, path_type=Path), default=None,
               help="ONNX file to write [default: NAME-LAYER-POOL[-fp16|-int8].onnx].")
 @click.option("--layer", default=None, help="Feature layer to embed [default: the model's embedding layer].")
 @click.option("--pool", type=click.Choice(POOLINGS), default="avg", show_default=True,
@@ -39,10 +41,10 @@ def _mb(path: Path) -> str:
               help="uint8: (N, H, W, 3) RGB bytes; float: (N, 3, H, W) RGB in [0, 1].")
 @click.option("--fp16", is_flag=True, help="Run the network in float16 (for GPUs; TensorRT takes it from the ONNX).")
 @click.option("--int8", is_flag=True, help="Static int8 QDQ quantisation calibrated on real photos.")
-@click.option("--opset", type=int, default=None, help="ONNX opset [default: the exporter's].")
+@click.option("--opset", type=click.IntRange(*OPSETS), default=None, help="ONNX opset [default: the exporter's].")
 @click.option("--batch-profile", default="1,32,128", show_default=True,
               help="TensorRT optimisation profile: MIN,OPT,MAX batch.")
-@click.option("--engine-output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--engine-output", type=OutputPath(dir_okay=False, path_type=Path), default=None,
               help="Where to copy the TensorRT engine [default: next to the ONNX file, .engine].")
 def export_cmd(name_or_dir, to_onnx, to_tensorrt, output, layer, pool, input_kind, fp16, int8, opset,
                batch_profile, engine_output):
@@ -107,27 +109,28 @@ def export_cmd(name_or_dir, to_onnx, to_tensorrt, output, layer, pool, input_kin
 
 
 def _threads_option(f):
-    return click.option("--threads", type=int, default=None,
+    return click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
                         help="Engine threads [default: ZOO_THREADS or all CPUs].")(f)
 
 
 @click.command("extract")
 @click.argument("model_or_onnx")
 @click.argument("images", nargs=-1, required=True)
-@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("-o", "--out", type=OutputPath(file_okay=False, path_type=Path), required=True,
               help="Output folder (embeddings.npy, ids.txt, failed.tsv, meta.json).")
 @click.option("--engine", type=click.Choice(ENGINES), default="onnx", show_default=True,
               help="torch (eager), onnx (ONNX Runtime) or tensorrt (needs an NVIDIA GPU).")
 @click.option("--provider", type=click.Choice(sorted(PROVIDERS)), default="cpu", show_default=True,
               help="ONNX Runtime execution provider for --engine onnx.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True, help="Decoding threads (0: decode inline).")
-@click.option("--shard-size", type=int, default=1024, show_default=True,
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(0, MAX_THREADS), default=2, show_default=True,
+              help="Decoding threads (0: decode inline).")
+@click.option("--shard-size", type=click.IntRange(1, 1 << 24), default=1024, show_default=True,
               help="Images per shard: the unit of resuming and of torchrun sharding.")
 @click.option("--layer", default=None, help="Feature layer (registry names and checkpoint folders only).")
 @click.option("--pool", type=click.Choice(POOLINGS), default="avg", show_default=True)
-@click.option("--rank", type=int, default=None, help="This process's shard set [default: $RANK from torchrun, else 0].")
-@click.option("--world-size", type=int, default=None, help="Number of processes [default: $WORLD_SIZE, else 1].")
+@click.option("--rank", type=click.IntRange(min=0), default=None, help="This process's shard set [default: $RANK from torchrun, else 0].")
+@click.option("--world-size", type=click.IntRange(min=1), default=None, help="Number of processes [default: $WORLD_SIZE, else 1].")
 @click.option("--overwrite", is_flag=True, help="Discard what OUT holds instead of resuming.")
 @_threads_option
 def extract_cmd(model_or_onnx, images, out, engine, provider, batch_size, workers, shard_size, layer, pool, rank,
@@ -138,24 +141,22 @@ def extract_cmd(model_or_onnx, images, out, engine, provider, batch_size, worker
     every WORLD_SIZE-th shard and the last rank to finish merges them. Unreadable files are listed
     in OUT/failed.tsv and do not stop the run.
     """
-    from export.engines import is_onnx_file, open_engine
-    from export.extract import extract
+    from export.engines import default_threads, is_onnx_file, open_engine
+    from export.extract import MODEL, extract
 
+    threads = threads or default_threads()  # a bad ZOO_THREADS is reported before any model is opened
     source = str(Path(model_or_onnx).resolve()) if is_onnx_file(model_or_onnx) or Path(model_or_onnx).is_dir() \
         else model_or_onnx
     with tempfile.TemporaryDirectory() as work:
         eng = open_engine(model_or_onnx, engine=engine, provider=provider, layer=layer, pool=pool, workdir=work,
                           threads=threads)
-        if not is_onnx_file(model_or_onnx) and engine != "torch":
-            out.mkdir(parents=True, exist_ok=True)  # keep the exported model: `zoo search` reuses it
-            onnx_copy = out / "model.onnx"
-            if not onnx_copy.exists():
-                from zoo.checkpoint import atomic_write
-
-                atomic_write(onnx_copy, lambda p: p.write_bytes((Path(work) / "model.onnx").read_bytes()))
-            source = str(onnx_copy.resolve())
+        model_file = None
+        if not is_onnx_file(model_or_onnx) and engine != "torch":  # keep the exported model: `zoo search` reuses it
+            model_file = Path(work) / MODEL
+            source = str((out / MODEL).resolve())
         summary = extract(eng, images, out, batch_size=batch_size, workers=workers, shard_size=shard_size,
-                          rank=rank, world_size=world_size, source=source, overwrite=overwrite)
+                          rank=rank, world_size=world_size, source=source, overwrite=overwrite,
+                          model_file=model_file)
     if summary.get("already"):
         click.echo(f"{out} is complete already: {summary['count']} embeddings ({summary['failed']} unreadable)")
     elif summary["done"]:
@@ -165,7 +166,7 @@ def extract_cmd(model_or_onnx, images, out, engine, provider, batch_size, worker
                    + (f"; {summary['failed']} unreadable files listed in {out / 'failed.tsv'}" if summary["failed"] else ""))
     else:
         click.echo(f"rank {summary['rank']}/{summary['world_size']}: {summary['processed']} images done; "
-                   "the last rank to finish merges the shards")
+                   + summary.get("merging", "the last rank to finish merges the shards"))
 
 
 @click.group("index")
@@ -175,22 +176,23 @@ def index_group():
 
 @index_group.command("build")
 @click.argument("embeddings", type=click.Path(path_type=Path))
-@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Index folder.")
+@click.option("-o", "--out", type=OutputPath(file_okay=False, path_type=Path), required=True, help="Index folder.")
 @click.option("--type", "index_type", type=click.Choice(["flat", "ivfpq", "hnsw", "auto"]), default="flat",
               show_default=True, help="flat: exact; ivfpq: IVF-PQ + exact re-ranking; hnsw; auto: fastest for --recall.")
-@click.option("--whiten", type=int, default=None, help="Learn PCA whitening to N dims on the database.")
-@click.option("--recall", "recall_target", type=float, default=None,
+@click.option("--whiten", type=click.IntRange(min=1), default=None, help="Learn PCA whitening to N dims on the database.")
+@click.option("--recall", "recall_target", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Tune search parameters (and with --type auto, the type) for this recall@k against exact search.")
-@click.option("-k", type=int, default=10, show_default=True, help="k of the recall target.")
-@click.option("--nlist", type=int, default=None, help="IVF lists [default: ~4 sqrt(N)].")
-@click.option("--pq-m", type=int, default=None, help="PQ bytes per vector [default: ~D/8, at most 64].")
-@click.option("--hnsw-m", type=int, default=32, show_default=True, help="HNSW graph degree.")
+@click.option("-k", type=click.IntRange(1, MAX_K), default=10, show_default=True, help="k of the recall target.")
+@click.option("--nlist", type=click.IntRange(min=1), default=None, help="IVF lists [default: ~4 sqrt(N)].")
+@click.option("--pq-m", type=click.IntRange(1, 256), default=None, help="PQ bytes per vector [default: ~D/8, at most 64].")
+@click.option("--hnsw-m", type=click.IntRange(*HNSW_M), default=32, show_default=True, help="HNSW graph degree.")
 @_threads_option
 def index_build_cmd(embeddings, out, index_type, whiten, recall_target, k, nlist, pq_m, hnsw_m, threads):
     """Build an index of the extraction folder EMBEDDINGS (from `zoo extract`)."""
     from export.extract import load_embeddings
-    from export.index import BuildParams, build_and_tune, save_index
+    from export.index import BuildParams, build_and_tune, check_index_output, save_index
 
+    check_index_output(out)  # before minutes of building
     _set_faiss_threads(threads)
     emb, ids, emb_meta = load_embeddings(embeddings)
     params = BuildParams(type=index_type, whiten=whiten, nlist=nlist, pq_m=pq_m, hnsw_m=hnsw_m)
@@ -198,14 +200,23 @@ def index_build_cmd(embeddings, out, index_type, whiten, recall_target, k, nlist
                + (f", whitened to {whiten} dims" if whiten else ""))
     index, meta = build_and_tune(np.asarray(emb), params, recall_target=recall_target, k=k,
                                  log=lambda m: click.echo(m))
+    source = emb_meta.get("source")
     meta.update(count=len(ids), dim=int(emb.shape[1]), embeddings=str(Path(embeddings).resolve()),
-                model=emb_meta.get("model"), source=emb_meta.get("source"))
+                model=emb_meta.get("model"), source=source, source_sha256=_file_sha256(source))
     save_index(out, index, ids, meta)
     tuning = meta.get("tuning")
     click.echo(f"wrote {meta['type']} index {out} ({len(ids)} vectors; search parameters "
                f"{meta['search_params'] or 'none (exact)'})"
                + (f"; recall@{tuning['k']} {tuning['recall']:.3f} at {tuning['speedup']:.1f}x exact QPS"
                   if tuning else ""))
+
+
+def _file_sha256(source: str | None) -> str | None:
+    """sha256 of the ONNX file that made the embeddings (None for a registry name or folder)."""
+    from export.engines import is_onnx_file
+    from zoo.fileset import sha256_file
+
+    return sha256_file(source) if source and is_onnx_file(source) and Path(source).is_file() else None
 
 
 def _set_faiss_threads(threads):
@@ -218,17 +229,15 @@ def _set_faiss_threads(threads):
 @click.command("search")
 @click.argument("index_dir", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True)
-@click.option("-k", type=int, default=5, show_default=True, help="Results per query.")
+@click.option("-k", type=click.IntRange(1, MAX_K), default=5, show_default=True, help="Results per query.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: [{query, results: [{id, score}]}].")
 @_threads_option
 def search_cmd(index_dir, images, k, as_json, threads):
     """Find the K nearest images in INDEX_DIR for each query IMAGE (embedded by the index's model)."""
     from export.engines import is_onnx_file, open_engine
-    from export.extract import decode
+    from export.extract import decode, escape_id
     from export.index import load_index, search
 
-    if k < 1:
-        raise UsageError("-k must be at least 1")
     _set_faiss_threads(threads)
     index, ids, meta = load_index(index_dir)
     source, model = meta.get("source"), meta.get("model") or {}
@@ -236,6 +245,9 @@ def search_cmd(index_dir, images, k, as_json, threads):
         raise UsageError(f"{index_dir} does not say which model made its embeddings; rebuild it from a `zoo extract` folder")
     if is_onnx_file(source) and not Path(source).is_file():
         raise UsageError(f"the index's model {source} is gone; re-export it or rebuild the index")
+    if meta.get("source_sha256") and _file_sha256(source) != meta["source_sha256"]:
+        raise UsageError(f"the index's model {source} was replaced since {index_dir} was built (another export or "
+                         "extraction); rebuild the index from embeddings of that model")
     engine = open_engine(source, engine="onnx" if is_onnx_file(source) else "torch", layer=None if is_onnx_file(source)
                          else model.get("layer"), pool=model.get("pool") if model.get("pool") in POOLINGS else "avg",
                          input_kind=model.get("input_kind", "uint8"), threads=threads)
@@ -245,10 +257,10 @@ def search_cmd(index_dir, images, k, as_json, threads):
     for path in images:
         image, reason = decode(str(path), engine.spec.input, engine.spec.input_kind)
         if image is None:
-            click.echo(f"warning: skipped query {path}: {reason}", err=True)
+            click.echo(f"warning: skipped query {escape_id(str(path))}: {escape_id(' '.join(reason.split()))}", err=True)
             continue
         rows.append(image)
-        names.append(str(path))
+        names.append(escape_id(str(path)))
     if not rows:
         raise UsageError("none of the query images could be read")
 

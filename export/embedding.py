@@ -28,7 +28,7 @@ from torch import nn
 
 from zoo.errors import UsageError
 from zoo.pooling import gem
-from zoo.preprocess import convert_and_normalise, resize_and_crop, to_float_rgb
+from zoo.preprocess import convert_and_normalise, resize_and_crop, resized_size, to_float_rgb
 from zoo.registry import InputSpec
 
 from export.options import INPUT_KINDS, POOLINGS
@@ -223,8 +223,7 @@ def prepare_image(image: np.ndarray, spec: InputSpec, input_kind: str) -> np.nda
         to_float_rgb(arr)  # raises the reference's one-line error
     x = torch.from_numpy(np.require(arr[..., :3], requirements=["C", "W"])).permute(2, 0, 1)[None]
     h, w = arr.shape[:2]
-    scale = spec.resize / min(h, w)
-    nh, nw = max(spec.size, round(h * scale)), max(spec.size, round(w * scale))
+    nh, nw = resized_size(h, w, spec)
     if (nh, nw) != (h, w):
         x = torch.nn.functional.interpolate(x.contiguous(memory_format=torch.channels_last), size=(nh, nw),
                                             mode=spec.interpolation, antialias=True, align_corners=False)

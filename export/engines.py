@@ -23,7 +23,7 @@ import numpy as np
 from zoo.errors import UsageError
 
 from export.embedding import EmbeddingSpec
-from export.options import ENGINES, PROVIDERS
+from export.options import ENGINES, MAX_THREADS, PROVIDERS
 
 
 
@@ -38,7 +38,10 @@ def default_threads() -> int:
     """Intra-op threads: ``ZOO_THREADS`` if set, else the CPUs this process may use, shared
     between the processes torchrun started on this machine (``LOCAL_WORLD_SIZE``)."""
     if os.environ.get("ZOO_THREADS"):
-        return max(1, int(os.environ["ZOO_THREADS"]))
+        text = os.environ["ZOO_THREADS"]
+        if not text.strip().isdigit() or not 1 <= int(text) <= MAX_THREADS:
+            raise UsageError(f"ZOO_THREADS={text!r}: give a number of threads from 1 to {MAX_THREADS}")
+        return int(text)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
 

@@ -5,6 +5,11 @@ Index folder (``zoo index build EMB -o INDEX``)::
     INDEX/index.faiss   the FAISS index (whitening, when asked, is inside it as a pre-transform)
     INDEX/ids.txt       one id per row of the index, in index order
     INDEX/meta.json     type, build and search parameters, measured recall/QPS, the embeddings' model
+    INDEX/manifest.json size and sha256 of each file, the count, dim and the model's weights sha256
+
+The folder is written into a staging folder and swapped in by one atomic rename
+(``zoo.fileset.commit_folder``), and ``load_index`` refuses files that do not match the manifest,
+so a killed build leaves the previous index whole and vectors are never paired with other ids.
 
 Types (all inner product, which is cosine similarity on normalised vectors):
 
@@ -26,6 +31,7 @@ keeps the fastest index that reaches R.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +41,9 @@ import numpy as np
 
 from zoo.checkpoint import atomic_write, atomic_write_text
 from zoo.errors import UsageError
+from zoo.fileset import (
+    MANIFEST, check_output_folder, commit_folder, is_temporary, new_staging, verify_manifest,
+)
 
 INDEX_TYPES = ("flat", "ivfpq", "hnsw")
 INDEX_FILE, IDS, META = "index.faiss", "ids.txt", "meta.json"
@@ -86,6 +95,8 @@ def build_index(vectors: np.ndarray, params: BuildParams):
     faiss = _faiss()
     x = _as_float32(vectors)
     n, d = x.shape
+    if n == 0:
+        raise UsageError("no embeddings to index (every image was unreadable? see the extraction's failed.tsv)")
     if params.type not in INDEX_TYPES:
         raise UsageError(f"unknown index type {params.type!r}; choose one of {', '.join(INDEX_TYPES)} or auto")
     rng = np.random.default_rng(params.seed)
@@ -274,28 +285,52 @@ def _core_nlist(index) -> int | None:
 # ------------------------------------------------------------------------------------------------
 
 def save_index(directory: str | Path, index, ids: Sequence[str], meta: dict) -> Path:
+    """Write the index folder as a whole (staged, sealed with its manifest, swapped in)."""
+    from export.extract import ids_text
+
     faiss = _faiss()
-    directory = Path(directory)
+    directory = check_index_output(directory)
     if index.ntotal != len(ids):
         raise UsageError(f"index has {index.ntotal} vectors but {len(ids)} ids")
-    atomic_write(directory / INDEX_FILE, lambda p: faiss.write_index(index, str(p)))
-    atomic_write_text(directory / IDS, "".join(f"{i}\n" for i in ids))
-    atomic_write_text(directory / META, json.dumps({"format": FORMAT, **meta}, indent=2, sort_keys=True) + "\n")
+    staging = new_staging(directory)
+    try:
+        atomic_write(staging / INDEX_FILE, lambda p: faiss.write_index(index, str(p)))
+        atomic_write_text(staging / IDS, ids_text(ids))
+        atomic_write_text(staging / META, json.dumps({"format": FORMAT, **meta}, indent=2, sort_keys=True) + "\n")
+        commit_folder(staging, directory, content=FORMAT, count=len(ids), dim=int(index.d),
+                      weights_sha256=(meta.get("model") or {}).get("weights_sha256"))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def check_index_output(directory: str | Path) -> Path:
+    """The resolved index folder to write: a new or empty folder, or an older index."""
+    directory = check_output_folder(directory)
+    foreign = sorted(p.name for p in directory.iterdir() if p.name not in (INDEX_FILE, IDS, META, MANIFEST)
+                     and not is_temporary(p.name)) if directory.is_dir() else []
+    if foreign:
+        raise UsageError(f"{directory} holds {foreign[0]}, so it is not an index folder; an index goes into a new "
+                         "folder or replaces an older index (choose another -o)")
     return directory
 
 
 def load_index(directory: str | Path):
     """(faiss index with its tuned search parameters set, ids, meta)."""
+    from export.extract import parse_ids
+
     faiss = _faiss()
     directory = Path(directory)
     if not (directory / META).is_file() or not (directory / INDEX_FILE).is_file():
         raise UsageError(f"{directory} is not an index folder; build one with `zoo index build EMB -o {directory}`")
+    verify_manifest(directory, (INDEX_FILE, IDS, META), fix=f"rebuild it with `zoo index build EMB -o {directory}`")
     meta = json.loads((directory / META).read_text())
     if meta.get("format") != FORMAT:
         raise UsageError(f"{directory / META} is not an sslzoo index (format {meta.get('format')!r})")
     index = faiss.read_index(str(directory / INDEX_FILE))
-    ids = (directory / IDS).read_text(encoding="utf-8").splitlines()
-    if len(ids) != index.ntotal:
+    ids = parse_ids((directory / IDS).read_text(encoding="utf-8"))
+    if len(ids) != index.ntotal or index.ntotal == 0:
         raise UsageError(f"{directory}: {len(ids)} ids for {index.ntotal} vectors; rebuild the index")
     set_search_params(index, SearchParams(meta.get("search_params") or {}))
     return index, ids, meta

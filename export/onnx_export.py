@@ -29,11 +29,11 @@ from zoo.errors import UsageError, ZooError
 from zoo.registry import InputSpec
 
 from export.embedding import EmbeddingModel, EmbeddingSpec, prepare_image, reference_embeddings, spec_to_metadata
+from export.options import MAX_BATCH, OPSETS
 
 METADATA_KEY = "sslzoo.embedding"
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
-MAX_BATCH = 4096  # the upper bound the exporter records for the batch Dim
 # Largest |ONNX Runtime - PyTorch| accepted on L2-normalised embeddings, per precision. fp16 and
 # int8 are checked against the fp32 PyTorch model, so their bounds measure the precision loss.
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3, "int8": 0.1}
@@ -58,7 +58,9 @@ def export_onnx(model: EmbeddingModel, spec: EmbeddingSpec, path: str | Path, op
     import onnx
 
     path = Path(path)
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    if opset is not None and not OPSETS[0] <= opset <= OPSETS[1]:
+        raise UsageError(f"--opset {opset}: the exporter writes opsets {OPSETS[0]} to {OPSETS[1]}")
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)  # the largest batch the file accepts
     example = model.example_input(2)
     kwargs = {} if opset is None else {"opset_version": opset}
 

@@ -2,6 +2,7 @@ import ast
 import json
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, run_zoo
 
 from zoo import list_models
@@ -53,3 +54,60 @@ def test_quickstart_runs_on_shipped_photos(tmp_path):
                       "eval knn", "publish+load"]  # what a user does first comes first
     pretrained = next(line for line in summary if line.startswith("pretrained"))
     assert f"{QUICKSTART_MODEL}: shipped weights" in pretrained and "offline" in pretrained
+
+
+BAD_OPTIONS = [
+    (("extract", "m.onnx", "a.jpg", "-o", "out", "--threads", "100000"), "'--threads': 100000 is not in the range"),
+    (("extract", "m.onnx", "a.jpg", "-o", "out", "--batch-size", "0"), "'--batch-size'"),
+    (("extract", "m.onnx", "a.jpg", "-o", "out", "--workers", "-1"), "'--workers'"),
+    (("extract", "m.onnx", "a.jpg", "-o", ""), "'-o' / '--out': is empty"),
+    (("index", "build", "emb", "-o", "ix", "--hnsw-m", "-5"), "'--hnsw-m': -5 is not in the range"),
+    (("index", "build", "emb", "-o", "ix", "--hnsw-m", "0"), "'--hnsw-m': 0 is not in the range"),
+    (("index", "build", "emb", "-o", "ix", "--whiten", "0"), "'--whiten': 0 is not in the range"),
+    (("index", "build", "emb", "-o", "ix", "-k", "0"), "'-k': 0 is not in the range"),
+    (("index", "build", "emb", "-o", "ix", "--recall", "0"), "'--recall'"),
+    (("index", "build", "emb", "-o", ""), "is empty"),
+    (("index", "build", "emb", "-o", "//"), "must not be the root folder"),
+    (("search", "ix", "q.jpg", "-k", "0"), "'-k': 0 is not in the range"),
+    (("export", "random:rotnet_nin_fmnist", "--onnx", "--opset", "99"), "'--opset': 99 is not in the range"),
+    (("export", "random:rotnet_nin_fmnist", "--onnx", "-o", ""), "is empty"),
+    (("train", "rotnet", "--recipe", "tiny", "--out", ""), "'--out': is empty"),
+    (("eval", "random:rotnet_nin_fmnist", "--temperature", "0"), "'--temperature': 0.0 is not in the range"),
+    (("publish", "ckpt", "--repo", "a/b", "--local-hub", ""), "'--local-hub': is empty"),
+    (("list", "--method", "nosuch"), "unknown method 'nosuch'"),
+]
+
+
+@pytest.mark.parametrize("args, needle", BAD_OPTIONS, ids=[" ".join(a[:2]) + " " + a[-2] for a, _ in BAD_OPTIONS])
+def test_out_of_range_numbers_and_empty_outputs_are_one_line_errors(args, needle, tmp_path, monkeypatch, capsys):
+    from zoo.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main(list(args))
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+    assert list(tmp_path.iterdir()) == []  # nothing written, in the current folder or elsewhere
+
+
+def test_threads_out_of_range_from_the_environment_is_one_line(tmp_path):
+    res = run_zoo("extract", "m.onnx", "a.jpg", "-o", str(tmp_path / "out"), env={"ZOO_THREADS": "640966"})
+    assert res.returncode == 2 and "ZOO_THREADS='640966'" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_an_index_of_no_vectors_is_refused_when_built(tmp_path, capsys):
+    import numpy as np
+
+    from zoo.cli import main
+    from export.engines import OnnxRuntimeEngine
+    from export.embedding import build_embedding_model, load_backbone
+    from export.extract import extract
+    from export.onnx_export import export_onnx
+
+    backbone, weights = load_backbone("random:rotnet_nin_fmnist")
+    onnx = export_onnx(*build_embedding_model(backbone, "rotnet_nin_fmnist", weights, layer="block1"), tmp_path / "m.onnx")
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    extract(OnnxRuntimeEngine(onnx), [tmp_path / "broken.jpg"], tmp_path / "emb", progress=False)
+    assert np.load(tmp_path / "emb" / "embeddings.npy").shape[0] == 0
+    assert main(["index", "build", str(tmp_path / "emb"), "-o", str(tmp_path / "ix")]) == 2
+    err = capsys.readouterr().err
+    assert "no embeddings to index" in err and err.count("\n") == 1 and not (tmp_path / "ix").exists()

@@ -724,3 +724,17 @@ def test_cli_converts_and_reports(work):
     bad = run_zoo("convert", "deepcluster", str(unknown), "-o", str(work / "o2"))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "top-level keys weights, step" in bad.stderr and "Supported: deepcluster_alexnet" in bad.stderr
+
+
+def test_a_folder_holding_the_release_file_converts_and_a_folder_without_one_says_what_to_pass(work, capsys):
+    from zoo.cli import main
+
+    (work / "download").mkdir()
+    _, path = cifar_rotnet_file(work / "download")
+    report, _ = convert_and_load("rotnet", work / "download", work / "out")
+    assert report.name == "rotnet_nin_cifar10" and report.conversion["original_file"] == path.name
+    (work / "empty").mkdir()
+    assert main(["convert", "rotnet", str(work / "empty"), "-o", str(work / "out2")]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder; pass the release file itself (for rotnet: model_net_epoch200, model_net_epoch50)" in err
+    assert err.count("\n") == 1 and not (work / "out2").exists()

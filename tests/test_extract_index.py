@@ -234,3 +234,177 @@ def test_cli_extract_index_search_end_to_end(onnx_model, jpegs, tmp_path):
     assert res.returncode == 2 and "pass --recall" in res.stderr and not (tmp_path / "ix2").exists()
     res = run_zoo("search", str(tmp_path / "nothing"), str(jpegs / "coffee.jpg"))
     assert res.returncode == 2 and "is not an index folder" in res.stderr and res.stderr.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Kills and hostile folders
+# ------------------------------------------------------------------------------------------------
+
+def test_a_kill_during_the_merge_leaves_a_stale_lock_that_the_rerun_takes_over(onnx_model, jpegs, tmp_path):
+    out = tmp_path / "out"
+    args = ("extract", str(onnx_model), str(jpegs), "-o", str(out), "--shard-size", "8", "--threads", "1")
+    res = run_zoo(*args, env={"ZOO_TEST_FAULT": "rename@embeddings.npy:1:kill", "OMP_NUM_THREADS": "1"})
+    assert res.returncode == -9 and not (out / "embeddings.npy").exists()
+    assert (out / "shards" / "merge.lock").is_file()  # the killed process held it
+    res = run_zoo(*args, env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    assert "wrote" in res.stdout and "0 images done" not in res.stdout
+    _, ids, _ = load_embeddings(out)
+    assert len(ids) == len(collect_images([jpegs])) - 1
+    leftovers = [p.name for p in out.parent.rglob("*") if p.name.startswith(".") or p.name.endswith(".lock")]
+    assert leftovers == [] and not (out / "shards").exists()
+
+
+def test_merge_locks_name_their_owner_and_stale_ones_are_taken_over(tmp_path):
+    import json as _json
+    import time
+
+    from zoo.fileset import _host_tag, release_lock, try_lock
+
+    lock = tmp_path / "merge.lock"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(_json.dumps({"pid": sleeper.pid, "host": _host_tag(), "hostname": "here"}))
+        assert try_lock(lock)["pid"] == sleeper.pid  # a live owner keeps it
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert try_lock(lock) is None and _json.loads(lock.read_text())["pid"] == os.getpid()  # its owner is gone
+    release_lock(lock)
+    assert not lock.exists()
+    lock.write_text(_json.dumps({"pid": 1, "host": "another", "hostname": "elsewhere"}))
+    assert try_lock(lock, max_age=3600)["hostname"] == "elsewhere"  # another host's: only age tells
+    os.utime(lock, (time.time() - 7200, time.time() - 7200))
+    assert try_lock(lock, max_age=3600) is None
+
+
+def _folder_state(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_refused_outputs_are_left_as_they_were(onnx_model, jpegs, tmp_path):
+    engine = OnnxRuntimeEngine(onnx_model)
+    extract(engine, [jpegs / "astronaut.jpg", jpegs / "chelsea.jpg"], tmp_path / "emb", progress=False)
+    emb, ids, meta = load_embeddings(tmp_path / "emb")
+    index, index_meta = build_and_tune(np.asarray(emb), BuildParams(type="flat"))
+    save_index(tmp_path / "ix", index, ids, {**index_meta, "model": meta["model"], "source": str(onnx_model)})
+    before_ix, before_emb = _folder_state(tmp_path / "ix"), _folder_state(tmp_path / "emb")
+    # an index folder is not an extraction folder, --overwrite or not
+    with pytest.raises(UsageError, match="not an sslzoo extraction folder"):
+        extract(engine, [jpegs / "coffee.jpg"], tmp_path / "ix", progress=False, overwrite=True)
+    # and an extraction folder is not an index folder
+    res = run_zoo("index", "build", str(tmp_path / "emb"), "-o", str(tmp_path / "emb"))
+    assert res.returncode == 2 and "not an index folder" in res.stderr and res.stderr.count("\n") == 1
+    assert _folder_state(tmp_path / "ix") == before_ix and _folder_state(tmp_path / "emb") == before_emb
+    # a folder of someone else's files gets no model.onnx when the extraction is refused
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    res = run_zoo("extract", "random:rotnet_nin_fmnist", str(jpegs / "coffee.jpg"), "-o", str(tmp_path / "mine"),
+                  "--layer", "block1", env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 2 and "not an sslzoo extraction folder" in res.stderr
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+
+
+def test_overwrite_with_another_pooling_keeps_the_model_that_made_the_embeddings(jpegs, tmp_path):
+    from export.onnx_export import read_metadata
+    from zoo.photos import read_image
+
+    out = tmp_path / "emb"
+    args = ("extract", "random:rotnet_nin_fmnist", str(jpegs / "coffee.jpg"), str(jpegs / "chelsea.jpg"), "-o",
+            str(out), "--layer", "block1", "--threads", "1")
+    assert run_zoo(*args, env={"OMP_NUM_THREADS": "1"}).returncode == 0
+    res = run_zoo(*args, "--pool", "max", "--overwrite", env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    assert read_metadata(out / "model.onnx").pool == "max"
+    emb, ids, _ = load_embeddings(out)
+    engine = OnnxRuntimeEngine(out / "model.onnx")
+    query = engine.embed(prepare_image(read_image(jpegs / "coffee.jpg"), engine.spec.input, "uint8")[None])[0]
+    assert float(query @ emb[ids.index(str(jpegs / "coffee.jpg"))]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_kill_between_index_files_leaves_the_previous_index_whole(onnx_model, jpegs, tmp_path):
+    import shutil
+
+    engine = OnnxRuntimeEngine(onnx_model)
+    photos = [jpegs / f"{n}.jpg" for n in ("astronaut", "chelsea", "coffee", "rocket")]
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    for i, photo in enumerate(photos):  # the same photos under other names, in the other order
+        shutil.copy(photo, tmp_path / "a" / f"{i}.jpg")
+        shutil.copy(photo, tmp_path / "b" / f"{len(photos) - 1 - i}.jpg")
+    for name in ("a", "b"):
+        extract(engine, [tmp_path / name], tmp_path / f"emb-{name}", source=str(onnx_model), progress=False)
+    emb, ids, meta = load_embeddings(tmp_path / "emb-a")
+    index, index_meta = build_and_tune(np.asarray(emb), BuildParams(type="flat"))
+    save_index(tmp_path / "ix", index, ids, {**index_meta, "model": meta["model"], "source": str(onnx_model)})
+    res = run_zoo("index", "build", str(tmp_path / "emb-b"), "-o", str(tmp_path / "ix"),
+                  env={"ZOO_TEST_FAULT": "rename@ids.txt:1:kill"})
+    assert res.returncode == -9
+    loaded, loaded_ids, _ = load_index(tmp_path / "ix")
+    _, found = search(loaded, np.asarray(emb), 1)
+    assert [loaded_ids[j] for j in found[:, 0]] == ids  # every photo still finds its own name
+    save_index(tmp_path / "ix", index, ids, index_meta)  # the next build removes the killed one's leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "emb-a", "emb-b", "ix"]
+
+
+def test_readers_refuse_files_that_do_not_match_their_manifest(onnx_model, jpegs, tmp_path):
+    from zoo.fileset import IntegrityError
+
+    engine = OnnxRuntimeEngine(onnx_model)
+    extract(engine, [jpegs / "astronaut.jpg", jpegs / "chelsea.jpg"], tmp_path / "emb", progress=False)
+    emb, ids, meta = load_embeddings(tmp_path / "emb")
+    index, index_meta = build_and_tune(np.asarray(emb), BuildParams(type="flat"))
+    save_index(tmp_path / "ix", index, ids, index_meta)
+    (tmp_path / "ix" / "ids.txt").write_text("".join(f"{i}\n" for i in reversed(ids)))  # same count, wrong order
+    with pytest.raises(IntegrityError, match=r"ids\.txt does not match manifest\.json"):
+        load_index(tmp_path / "ix")
+    data = bytearray((tmp_path / "emb" / "embeddings.npy").read_bytes())
+    data[-1] ^= 0xFF
+    (tmp_path / "emb" / "embeddings.npy").write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=r"embeddings\.npy does not match"):
+        load_embeddings(tmp_path / "emb")
+    res = run_zoo("search", str(tmp_path / "ix"), str(jpegs / "coffee.jpg"))
+    assert res.returncode == 1 and "does not match manifest.json" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_search_refuses_an_index_whose_model_file_was_replaced(onnx_model, jpegs, tmp_path):
+    import shutil
+
+    model = tmp_path / "model.onnx"
+    shutil.copy(onnx_model, model)
+    extract(OnnxRuntimeEngine(model), [jpegs / "astronaut.jpg", jpegs / "chelsea.jpg"], tmp_path / "emb",
+            source=str(model), progress=False)
+    assert run_zoo("index", "build", str(tmp_path / "emb"), "-o", str(tmp_path / "ix")).returncode == 0
+    backbone, weights = load_backbone("random:rotnet_nin_fmnist")  # the same weights, another layer
+    export_onnx(*build_embedding_model(backbone, "rotnet_nin_fmnist", weights, layer="block1", pool="max"), model)
+    res = run_zoo("search", str(tmp_path / "ix"), str(jpegs / "coffee.jpg"))
+    assert res.returncode == 2 and "was replaced" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_a_full_disk_during_an_index_build_names_the_index_and_keeps_the_old_one(tmp_path, monkeypatch, capsys):
+    from zoo.cli import main
+
+    x = clustered_vectors(300)
+    index, meta = build_and_tune(x, BuildParams(type="flat"))
+    save_index(tmp_path / "ix", index, [f"img{i}" for i in range(len(x))], meta)
+    before = _folder_state(tmp_path / "ix")
+    (tmp_path / "emb").mkdir()
+    np.save(tmp_path / "emb" / "embeddings.npy", x[:100])
+    (tmp_path / "emb" / "ids.txt").write_text("".join(f"new{i}\n" for i in range(100)))
+    (tmp_path / "emb" / "failed.tsv").write_text("")
+    (tmp_path / "emb" / "meta.json").write_text(json.dumps({"format": "sslzoo-embeddings/1", "count": 100}))
+    from zoo.fileset import write_manifest
+
+    write_manifest(tmp_path / "emb")
+    monkeypatch.setenv("ZOO_TEST_FAULT", "write@index.faiss:1:enospc")
+    assert main(["index", "build", str(tmp_path / "emb"), "-o", str(tmp_path / "ix")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: disk full while writing {tmp_path / 'ix' / 'index.faiss'} (") and \
+        err.count("\n") == 1, err
+    assert _folder_state(tmp_path / "ix") == before and sorted(p.name for p in tmp_path.iterdir()) == ["emb", "ix"]
+
+
+def test_a_rank_that_finds_the_shards_merged_already_says_so(tmp_path):
+    from export.extract import merge_shards
+
+    (tmp_path / "out").mkdir()  # what a rank sees once another has swapped the merged result in
+    assert merge_shards(tmp_path / "out", None, None, "") == {"merging": "another process has merged the shards"}

@@ -1,6 +1,7 @@
 """Resolution (local folder -> local hub -> Hugging Face), publishing and strict loading."""
 
 import json
+import os
 import pickle
 import shutil
 import subprocess
@@ -129,7 +130,7 @@ def test_failed_or_interrupted_publish_leaves_previous_version(tmp_path, monkeyp
             publish(new_dir, REPO)
 
     assert hub.revisions(REPO) == before
-    assert list((hub.repo_dir(REPO) / ".incoming").iterdir()) == []
+    assert not (hub.repo_dir(REPO) / ".incoming").exists()  # nothing left behind, not even the folder
     assert_same_features(features(zoo.from_pretrained(REPO)), features(old))
 
 
@@ -302,6 +303,27 @@ def _bad_checkpoints(tmp_path):
     def pickle_file(d):
         rewrite_weights(d, raw=pickle.dumps({"state_dict": Payload()}))
 
+    def retyped(dtype):
+        def mutate(d):
+            state = random_model("rotnet_nin_fmnist").state_dict()
+            rewrite_weights(d, {**state, "block1.0.0.weight": state["block1.0.0.weight"].to(dtype)})
+        return mutate
+
+    def poisoned(key, value):
+        def mutate(d):
+            state = random_model("rotnet_nin_fmnist").state_dict()
+            state[key].view(-1)[0] = value
+            rewrite_weights(d, state)
+        return mutate
+
+    def no_sha256(d):
+        config = json.loads((d / CONFIG_NAME).read_text())
+        del config["weights"]["sha256"]
+        (d / CONFIG_NAME).write_text(json.dumps(config))
+
+    def input_change(**changes):
+        return lambda d: edit_config(d, input={**json.loads((d / CONFIG_NAME).read_text())["input"], **changes})
+
     def drop_number_from_text(d):
         _, front, body = (d / CARD_NAME).read_text().split("---\n", 2)
         (d / CARD_NAME).write_text(f"---\n{front}---\n{body.replace(str(FIXTURE_VALUE), '?')}")
@@ -319,6 +341,17 @@ def _bad_checkpoints(tmp_path):
         ("no card", lambda d: (d / CARD_NAME).unlink(), "README.md not found"),
         ("no numbers", drop_number_from_text, "is in the model-index but not in the card's text"),
         ("no config", lambda d: (d / CONFIG_NAME).unlink(), "config.json not found"),
+        ("float16", retyped(torch.float16), "key 'block1.0.0.weight' is float16, the model expects float32"),
+        ("float64", retyped(torch.float64), "key 'block1.0.0.weight' is float64, the model expects float32"),
+        ("int32", retyped(torch.int32), "key 'block1.0.0.weight' is int32, the model expects float32"),
+        ("nan", poisoned("block2.0.0.weight", float("nan")), "key 'block2.0.0.weight' holds NaN or infinite values"),
+        ("inf", poisoned("block1.0.1.bias", float("inf")), "key 'block1.0.1.bias' holds NaN or infinite values"),
+        ("negative var", poisoned("block1.0.1.running_var", -1.0), "key 'block1.0.1.running_var' holds negative"),
+        ("no sha256", no_sha256, "config.json gives no sha256 of the weights"),
+        ("std 0", input_change(std=[0.0]), "bad input spec: std must be positive"),
+        ("other input", input_change(resize=64), "its input is not that model's"),
+        ("another model", lambda d: edit_config(d, name="rotnet_nin_cifar10"),
+         "names model 'rotnet_nin_cifar10' but its input is not that model's"),
     ]
 
 
@@ -365,3 +398,49 @@ def test_local_path_problems(tmp_path):
         zoo.from_pretrained(tmp_path, revision="main")
     with pytest.raises(WeightsError, match="config.json not found"):
         zoo.from_pretrained(tmp_path)
+
+
+def test_a_snapshot_id_cannot_be_republished_to_other_weights(tmp_path, capsys):
+    cards = tmp_path / "cards"
+    first = publish(publishable_checkpoint(random_model("rotnet_nin_fmnist", seed=1), tmp_path / "a", cards), REPO)
+    other = publishable_checkpoint(random_model("rotnet_nin_fmnist", seed=2), tmp_path / "b", cards)
+    for revision in (first.version, first.version.upper()):
+        assert zoo_main(["publish", str(other), "--repo", REPO, "--revision", revision]) == 2
+        err = capsys.readouterr().err
+        assert "reads as a snapshot id" in err and err.count("\n") == 1
+    assert LocalHub().revisions(REPO) == {"main": first.version}
+    assert snapshot_id_of(LocalHub().snapshot(REPO, first.version)) == first.version
+
+
+def test_a_full_disk_while_publishing_names_the_hub_not_the_source(tmp_path, monkeypatch, capsys):
+    cards = tmp_path / "cards"
+    hub = LocalHub(tmp_path / "hub")
+    old = publish(publishable_checkpoint(random_model("rotnet_nin_fmnist", seed=1), tmp_path / "a", cards), REPO,
+                  local_hub=hub.root)
+    new = publishable_checkpoint(random_model("rotnet_nin_fmnist", seed=2), tmp_path / "b", cards)
+    monkeypatch.setenv("ZOO_TEST_FAULT", "write@model.safetensors:1:enospc")
+    assert zoo_main(["publish", str(new), "--repo", REPO, "--local-hub", str(hub.root)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: disk full while writing {hub.repo_dir(REPO)}") and err.count("\n") == 1, err
+    assert str(new) not in err and "needed" in err
+    assert hub.revisions(REPO) == {"main": old.version} and not (hub.repo_dir(REPO) / ".incoming").exists()
+
+
+def test_a_killed_publish_leaves_nothing_that_the_next_one_does_not_remove(tmp_path):
+    cards = tmp_path / "cards"
+    hub = LocalHub(tmp_path / "hub")
+    first = publishable_checkpoint(random_model("rotnet_nin_fmnist", seed=1), tmp_path / "a", cards)
+    repo = hub.repo_dir(REPO)
+    left = {"write@model.safetensors:1:kill": lambda: [p.name[:8] for p in (repo / ".incoming").iterdir()],
+            "rename@main:1:kill": lambda: [p.name[:6] for p in (repo / "refs").iterdir()]}
+    for fault, leftovers in left.items():  # killed mid-copy; killed writing the ref
+        res = subprocess.run([sys.executable, "-m", "zoo", "publish", str(first), "--repo", REPO, "--local-hub",
+                              str(hub.root)], cwd=ROOT, capture_output=True, text=True,
+                             env={**os.environ, "ZOO_TEST_FAULT": fault})
+        assert res.returncode == -9, res.stderr
+        assert leftovers() in (["publish."], [".main."])
+    second = publishable_checkpoint(random_model("rotnet_nin_fmnist", seed=2), tmp_path / "b", cards)
+    published = publish(second, REPO, local_hub=hub.root)
+    assert not (repo / ".incoming").exists()
+    assert sorted(p.name for p in (repo / "refs").iterdir()) == ["main"]
+    assert hub.revisions(REPO) == {"main": published.version}

@@ -153,3 +153,85 @@ def test_cifar_batches_load_and_pickled_code_is_refused(tmp_path):
     (root / "test_batch").write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}))
     with pytest.raises(DataError, match="refusing to load"):
         open_dataset(f"cifar:{root}", "test")
+
+
+# Every method's tiny recipe with a checkpoint every 2 steps, killed (SIGKILL, by the fault hook)
+# as it renames its second checkpoint into place: it resumes from step 2, in the middle of its
+# first epoch, and must end bit for bit where an uninterrupted run ends.
+KILL_AT_SECOND_CHECKPOINT = "rename@step-*.pt:2:kill"
+_TRAIN_ALL = """
+import sys
+from zoo.cli import main
+out, flags = sys.argv[1], sys.argv[2:]
+for method in {methods!r}:
+    code = main(["train", method, "--recipe", "tiny", "--checkpoint-every", "2", "--no-progress",
+                 "--out", f"{{out}}/{{method}}", *flags])
+    if code:
+        sys.exit(f"{{method}}: exit {{code}}")
+"""
+
+
+def test_every_method_resumed_after_a_kill_mid_epoch_equals_an_uninterrupted_run(tmp_path):
+    from training.methods import METHODS
+
+    methods = sorted(METHODS)
+    script = _TRAIN_ALL.format(methods=methods)
+    log = open(tmp_path / "reference.log", "w")  # a file, not a pipe that could fill while we wait
+    reference = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "whole")], cwd=ROOT, env=ONE_THREAD,
+                                 stdout=log, stderr=subprocess.STDOUT)
+    killed_env = {**ONE_THREAD, "ZOO_TEST_FAULT": KILL_AT_SECOND_CHECKPOINT}
+    for method in methods:  # one process each (a kill ends a process), beside the reference runs
+        res = subprocess.run([sys.executable, "-m", "zoo", "train", method, "--recipe", "tiny", "--checkpoint-every",
+                              "2", "--no-progress", "--out", str(tmp_path / "killed" / method)], cwd=ROOT,
+                             env=killed_env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == -signal.SIGKILL, f"{method}: {res.stderr[-2000:]}"
+        assert [p.name for p in (tmp_path / "killed" / method / "checkpoints").glob("step-*.pt")] == \
+            ["step-00000002.pt"]
+    res = subprocess.run([sys.executable, "-c", script, str(tmp_path / "killed"), "--resume"], cwd=ROOT,
+                         env=ONE_THREAD, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("(epoch 0, step 2)") == len(methods)  # each resumed in the middle of epoch 0
+    assert reference.wait(timeout=900) == 0, (tmp_path / "reference.log").read_text()[-3000:]
+    log.close()
+    differ = {}
+    for method in methods:
+        final = max((tmp_path / "whole" / method / "checkpoints").glob("step-*.pt")).name
+        a = load_training_state(tmp_path / "whole" / method / "checkpoints" / final)
+        b = load_training_state(tmp_path / "killed" / method / "checkpoints" / final)
+        bad = [k for k in a["method"] if not torch.equal(a["method"][k], b["method"][k])]
+        if bad:
+            differ[method] = f"{len(bad)} of {len(a['method'])} tensors differ, e.g. {bad[0]}"
+    assert differ == {}
+
+
+def test_resume_skips_a_checkpoint_with_flipped_bytes_with_a_one_line_warning(tmp_path):
+    run = tmp_path / "run"
+    args = ("train", "rotnet", "--recipe", "tiny", "--limit", "64", "--batch-size", "16", "--checkpoint-every", "1",
+            "--no-progress", "--out", str(run))
+    assert run_zoo(*args, env=ONE_THREAD).returncode == 0
+    before = _weights(run)
+    newest = run / "checkpoints" / "step-00000004.pt"
+    state = torch.load(newest, weights_only=True)["method"]
+    name = max(state, key=lambda k: state[k].numel())
+    data = bytearray(newest.read_bytes())
+    at = data.find(state[name].numpy().tobytes())
+    assert at > 0
+    data[at + 256:at + 320] = bytes(b ^ 0xFF for b in data[at + 256:at + 320])  # 64 bytes of bit rot
+    newest.write_bytes(bytes(data))
+    assert torch.load(newest, weights_only=True)["step"] == 4  # it still loads
+    res = run_zoo(*args, "--resume", env=ONE_THREAD)
+    assert res.returncode == 0, res.stderr
+    warnings = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "step-00000004.pt is damaged" in warnings[0]
+    assert "resuming from" in res.stdout and "step-00000003.pt" in res.stdout
+    after = _weights(run)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_file(tmp_path):
+    run = tmp_path / "run"
+    res = run_zoo("train", "rotnet", "--recipe", "tiny", "--limit", "64", "--batch-size", "16", "--checkpoint-every",
+                  "1", "--no-progress", "--out", str(run), env={**ONE_THREAD, "ZOO_TEST_FAULT": "write@step-*.pt:2:enospc"})
+    assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith(f"error: disk full while writing {run / 'checkpoints' / 'step-00000002.pt'} (")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000001.pt"]

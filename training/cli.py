@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from zoo.cli import OutputPath
 from zoo.errors import UsageError
 
 
@@ -24,7 +25,7 @@ def _command_line() -> str:
                    "or tiny (seconds, for tests).")
 @click.option("--data", default=None, help="Training data: a Fashion-MNIST IDX folder, CIFAR python folder, "
               "ImageFolder tree or one image file; or fmnist, photos, photo:NAME, image:PATH. Default: the recipe's.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--out", type=OutputPath(file_okay=False, path_type=Path), default=None,
               help="Run folder (checkpoints, metrics.jsonl, model/). Default: runs/METHOD-RECIPE.")
 @click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in --out.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the recipe's epochs.")
@@ -77,10 +78,10 @@ def train(method, recipe, data, out, resume, epochs, batch_size, limit, accumula
               help="kNN vote temperature (NPID: 0.07).")
 @click.option("--epochs", type=click.IntRange(min=1, max=1000), default=None, help="Linear-probe epochs (default 36).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Data subsets, probe initialisation, k-means.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--json", "json_out", type=OutputPath(dir_okay=False, path_type=Path), default=None,
               help="Also write the results JSON to this file.")
 @click.option("--record", is_flag=True, help="Merge the results into CARDS/results/<model>.json.")
-@click.option("--cards", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--cards", type=OutputPath(file_okay=False, path_type=Path), default=None,
               help="Model-card folder --record writes into (default: $ZOO_CARDS, else ~/.cache/sslzoo/cards; "
                    "the repository's MODEL_CARDS only when named here).")
 def eval_cmd(models, protocol, data, layers, train_limit, val_size, test_limit, baseline_seeds, no_baseline, k,

@@ -31,11 +31,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.errors import UsageError, ZooError
+from zoo.photos import IMAGE_SUFFIXES, read_image
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 class DataError(ZooError):
@@ -148,16 +148,13 @@ def cifar(root: str | Path, split: str = "train") -> TensorImages:
 
 
 def decode_image(path: str | Path) -> torch.Tensor | None:
-    """(3, H, W) uint8 RGB, or None when the file is unreadable or truncated."""
-    from PIL import Image, UnidentifiedImageError
-
+    """(3, H, W) uint8 RGB by sslzoo's one decoder (``zoo.photos.read_image``), or None when the
+    file is unreadable, truncated, too large or too elongated."""
     try:
-        with Image.open(path) as img:
-            img.load()  # truncated files fail here, not at open
-            arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        arr = read_image(path)
+    except ZooError:
         return None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
 class ImageFolder(Dataset):

@@ -211,10 +211,31 @@ def sync_batchnorm_stats(model: nn.Module, d: Dist) -> None:
 
 def state_digest(module: nn.Module) -> str:
     """sha256 over every parameter and buffer, in state_dict order (identical weights <=> equal)."""
+    return checksum(module.state_dict())
+
+
+def checksum(obj: Any) -> str:
+    """sha256 over a nest of dicts, lists, tensors and plain values: names, dtypes, shapes, bytes."""
     h = hashlib.sha256()
-    for key, value in module.state_dict().items():
-        h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+
+    def feed(o: Any) -> None:
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}|".encode())
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(o, dict):
+            h.update(f"D{len(o)}|".encode())
+            for key, value in o.items():
+                h.update(f"{key!r}|".encode())
+                feed(value)
+        elif isinstance(o, (list, tuple)):
+            h.update(f"L{len(o)}|".encode())
+            for value in o:
+                feed(value)
+        else:
+            h.update(f"V{o!r}|".encode())
+
+    feed(obj)
     return h.hexdigest()
 
 
@@ -294,18 +315,24 @@ def checkpoint_paths(out: Path) -> list[Path]:
 
 
 def load_training_state(path: Path) -> dict[str, Any]:
-    """A training checkpoint, read with ``weights_only=True`` (tensors and plain values only)."""
+    """A training checkpoint, read with ``weights_only=True`` (tensors and plain values only), whose
+    contents match the checksum it was written with (a damaged disk flips bytes that load fine)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a corrupt or foreign file: one line, the caller tries an older one
-        raise ZooError(f"cannot read training checkpoint {path}: {type(err).__name__}: {err}") from None
+        raise ZooError(f"cannot read training checkpoint {path}: {type(err).__name__}: "
+                       f"{' '.join(str(err).split())[:200]}") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ZooError(f"{path} is not an sslzoo training checkpoint")
+    expected = state.pop("checksum", None)  # None: written before checkpoints carried one
+    if expected is not None and checksum(state) != expected:
+        raise ZooError(f"training checkpoint {path} is damaged: its contents do not match its checksum")
     return state
 
 
 def _save_checkpoint(out: Path, state: dict[str, Any], keep_last: int) -> Path:
     path = Path(out) / CHECKPOINT_DIR / f"step-{state['step']:08d}.pt"
+    state = {**state, "checksum": checksum(state)}  # verified by load_training_state
     atomic_write(path, lambda p: torch.save(state, p))
     for old in checkpoint_paths(out)[keep_last:]:
         old.unlink(missing_ok=True)
@@ -519,8 +546,14 @@ def fit(method_cls: type[Method], recipe: Recipe, out: str | Path, data: str | N
             bar = tqdm(total=ctx.steps_per_epoch, initial=step_in_epoch, desc=f"{recipe.method} epoch {epoch + 1}/{recipe.epochs}",
                        unit="step", dynamic_ncols=True, mininterval=1.0)
         method.train()
-        batches = iter(torch.utils.data.DataLoader(view, batch_size=micro, sampler=order, collate_fn=collate_skipping,
-                                                   num_workers=recipe.workers, persistent_workers=False))
+        loader = torch.utils.data.DataLoader(view, batch_size=micro, sampler=order, collate_fn=collate_skipping,
+                                             num_workers=recipe.workers, persistent_workers=False)
+        # Starting a loader draws a seed from torch's global generator. An uninterrupted run draws it
+        # at the epoch's start, before the steps; a run resumed in the middle of the epoch restored
+        # the generator as it was after the checkpointed step, so drawing again would shift every
+        # later random number (NPID's noise draws, batched views): it draws from a fork instead.
+        with torch.random.fork_rng(devices=[]) if step_in_epoch else contextlib.nullcontext():
+            batches = iter(loader)
         sums: dict[str, float] = {}
         steps_run = 0
         for _ in range(step_in_epoch, ctx.steps_per_epoch):

@@ -10,51 +10,20 @@ checkpoints are found and how they are published is ``zoo.hub``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from zoo.errors import UsageError, WeightsError, ZooError
+from zoo.fileset import atomic_write, atomic_write_text, sha256_file  # noqa: F401  (re-exported)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 FORMAT = "sslzoo-checkpoint/1"
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Write ``path`` through a temporary file in the same folder and rename it into place, so a
-    crash or a full disk never leaves a half-written file under the final name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def model_config(model: nn.Module, **extra: Any) -> dict[str, Any]:
@@ -158,6 +127,13 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
     for k, v in state.items():
         if tuple(v.shape) != tuple(own[k].shape):
             raise WeightsError(f"{source}: key {k!r} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+        if v.dtype != own[k].dtype:
+            raise WeightsError(f"{source}: key {k!r} is {str(v.dtype).removeprefix('torch.')}, the model expects "
+                               f"{str(own[k].dtype).removeprefix('torch.')}")
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise WeightsError(f"{source}: key {k!r} holds NaN or infinite values; the weights are broken")
+        if k.rpartition(".")[2] == "running_var" and bool((v < 0).any()):
+            raise WeightsError(f"{source}: key {k!r} holds negative variances; the weights are broken")
     model.load_state_dict(state, strict=True, assign=assign)
 
 
@@ -183,7 +159,17 @@ def load_checkpoint_folder(directory: str | Path) -> nn.Module:
         spec = InputSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["input"].items()})
     except (TypeError, ValueError) as err:
         raise WeightsError(f"{directory / CONFIG_NAME} has a bad input spec: {err}") from None
+    # What save_pretrained copies from the registry entry must still be the entry's: a config that
+    # names another model would otherwise load under that model's preprocessing and embedding.
+    for key, theirs, ours in (("input", spec, entry.input), ("method", config.get("method", entry.method), entry.method),
+                              ("pretrain_data", config.get("pretrain_data", entry.pretrain_data), entry.pretrain_data)):
+        if theirs != ours:
+            raise WeightsError(f"{source} names model {entry.name!r} but its {key} is not that model's "
+                               f"({_describe(theirs)} instead of {_describe(ours)}); the config belongs to another model")
     weights = config["weights"]
+    if not isinstance(weights.get("sha256"), str) or len(weights["sha256"]) != 64:
+        raise WeightsError(f"{source} gives no sha256 of the weights, so they cannot be verified; "
+                           "re-save the checkpoint with save_pretrained")
     weights_file = weights.get("file", WEIGHTS_NAME)
     if not isinstance(weights_file, str) or Path(weights_file).name != weights_file or weights_file in ("", ".", ".."):
         raise WeightsError(f"{source}: weights file must be a file name inside the folder, got {weights_file!r}")
@@ -199,6 +185,10 @@ def load_checkpoint_folder(directory: str | Path) -> nn.Module:
     left = next((n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta), None)
     if left is not None:  # a tensor outside the state dict: a bug in the architecture, never silent
         raise WeightsError(f"{directory / weights_file}: {left!r} was not loaded")
-    model.entry = dataclasses.replace(entry, input=spec)
+    model.entry = entry
     model.checkpoint_config = config
     return model.eval()
+
+
+def _describe(value: Any) -> str:
+    return json.dumps(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)[:160]

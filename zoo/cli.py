@@ -51,6 +51,15 @@ class LazyGroup(click.Group):
         return super().resolve_command(ctx, args)
 
 
+class OutputPath(click.Path):
+    """``click.Path`` that refuses an empty value: it would silently mean the current folder."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("is empty; name a file or folder", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sslzoo", prog_name="zoo")
 def cli():
@@ -67,8 +76,12 @@ def _fmt_input(spec) -> str:
 @click.option("--method", default=None, help="Only the models of one method (e.g. rotnet).")
 def list_cmd(as_json: bool, method: str | None):
     """List the models in the registry."""
+    from zoo.errors import UnknownNameError
     from zoo.registry import get_model_entry, list_models
 
+    methods = {get_model_entry(n).method for n in list_models()}
+    if method is not None and method not in methods:
+        raise UnknownNameError("method", method, methods, hint="run `zoo list` for every model and its method")
     entries = [get_model_entry(n) for n in list_models(method)]
     if as_json:
         click.echo(json.dumps([e.to_dict() for e in entries], indent=2))
@@ -132,7 +145,7 @@ def info(name: str, as_json: bool):
 @cli.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=str))
 @click.option("--repo", required=True, help="Repo id ORG/NAME, e.g. sslzoo/rotnet-nin-fmnist.")
-@click.option("--local-hub", default=None, type=click.Path(file_okay=False), help="Local hub folder [default: $ZOO_HUB or ~/.cache/sslzoo/hub].")
+@click.option("--local-hub", default=None, type=OutputPath(file_okay=False), help="Local hub folder [default: $ZOO_HUB or ~/.cache/sslzoo/hub].")
 @click.option("--hf", is_flag=True, help="Upload to the Hugging Face Hub instead (token from `hf auth login` or HF_TOKEN).")
 @click.option("--revision", default="main", show_default=True, help="Branch to publish to.")
 @click.option("--private", is_flag=True, help="Create the Hub repo private (--hf only).")
@@ -168,7 +181,7 @@ def results_cmd(ranking, cards_dir):
 
 @cli.command()
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-@click.option("--cards-dir", default=None, type=click.Path(file_okay=False), help="[default: the repository's MODEL_CARDS].")
+@click.option("--cards-dir", default=None, type=OutputPath(file_okay=False), help="[default: the repository's MODEL_CARDS].")
 def ship(directory, cards_dir):
     """Ship a checkpoint folder inside sslzoo (maintainers): its weights must be the ones the results
     file of its model card records; the older shipped version of that model is replaced."""
@@ -186,7 +199,7 @@ def ship(directory, cards_dir):
 @click.option("--repo", default=None,
               help="With --checkpoint: the Hub repo ORG/NAME it will be published to [default: the registry's repo, "
                    "only when the folder holds the registry's weights].")
-@click.option("--cards-dir", default=None, type=click.Path(file_okay=False), help="[default: the repository's MODEL_CARDS].")
+@click.option("--cards-dir", default=None, type=OutputPath(file_okay=False), help="[default: the repository's MODEL_CARDS].")
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if any generated card is out of date.")
 def card(name, all_models, checkpoint, repo, cards_dir, check):
     """Render the model card of NAME (or --all) from the registry and MODEL_CARDS/results."""
@@ -230,8 +243,8 @@ def main(argv=None) -> int:
         return rv if isinstance(rv, int) else 0
     except click.exceptions.Exit as e:
         return e.exit_code
-    except click.ClickException as e:
-        e.show()
+    except click.ClickException as e:  # bad options and arguments: one line too, like every other error
+        click.echo(f"error: {' '.join(e.format_message().split())}", err=True)
         return e.exit_code
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

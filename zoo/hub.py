@@ -20,6 +20,7 @@ into the local hub atomically or uploads it to the Hugging Face Hub in one commi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -35,6 +36,7 @@ from zoo.checkpoint import (
     CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, atomic_write_text, load_checkpoint_folder, read_config, sha256_file,
 )
 from zoo.errors import UsageError, WeightsError, WeightsNotAvailableError, ZooError
+from zoo.fileset import copy_synced, fsync_dir, owned_name, remove_abandoned
 
 # The files a published checkpoint consists of; nothing else is uploaded or copied.
 CHECKPOINT_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
@@ -53,6 +55,15 @@ def check_repo_id(repo: str) -> str:
 def check_revision(revision: str) -> str:
     if not isinstance(revision, str) or not REVISION.fullmatch(revision) or ".." in revision:
         raise UsageError(f"{revision!r} is not a revision name: use letters, digits, '-', '_', '.' (e.g. main, v1)")
+    return revision
+
+
+def check_branch(revision: str) -> str:
+    """A revision to publish to: a name, never something that reads as a snapshot id or commit,
+    which pins content and must keep pointing at what it was made from."""
+    if SNAPSHOT_ID.fullmatch(check_revision(revision).lower()):
+        raise UsageError(f"--revision {revision} reads as a snapshot id, and snapshot ids never change what they "
+                         "point to; publish to a named revision (e.g. v2)")
     return revision
 
 
@@ -91,6 +102,8 @@ class LocalHub:
     """
 
     def __init__(self, root: str | Path | None = None):
+        if root is not None and not str(root).strip():
+            raise UsageError("the local hub folder is empty; name a folder (or leave it out for $ZOO_HUB)")
         self.root = Path(root).expanduser() if root is not None else default_hub_dir()
 
     def repo_dir(self, repo: str) -> Path:
@@ -120,14 +133,19 @@ class LocalHub:
 
     def publish(self, directory: Path, repo: str, revision: str = DEFAULT_REVISION) -> tuple[Path, str]:
         """Copy the checkpoint files of ``directory`` in as a snapshot and point ``revision`` at it."""
-        revision = check_revision(revision)
+        revision = check_branch(revision)
         repo_dir = self.repo_dir(repo)
         incoming = repo_dir / ".incoming"
         incoming.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix="publish-", dir=incoming))
+        # what killed publishes left: their staging folders and temporary refs
+        remove_abandoned(incoming, "publish.", unowned_max_age=24 * 3600.0)
+        remove_abandoned(incoming, "publish-", unowned_max_age=24 * 3600.0)  # named by older versions
+        remove_abandoned(repo_dir / "refs", ".", ".tmp")
+        staging = incoming / owned_name("publish.")
         try:
+            staging.mkdir(parents=True)  # .incoming may have been removed by a publish that just ended
             for name in CHECKPOINT_FILES:
-                _copy_synced(directory / name, staging / name)
+                copy_synced(directory / name, staging / name)
             # The source may have changed since it was validated: the copy is what must be right.
             hashes = {name: sha256_file(staging / name) for name in CHECKPOINT_FILES}
             if hashes[WEIGHTS_NAME] != read_config(staging)["weights"]["sha256"]:
@@ -141,12 +159,15 @@ class LocalHub:
                 if target.exists():  # a damaged snapshot: move it aside, never delete before replacing
                     target.rename(incoming / f"damaged-{snapshot_id}-{os.getpid()}")
                 staging.rename(target)
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
             atomic_write_text(repo_dir / "refs" / revision, snapshot_id)
-            _fsync_dir(repo_dir / "refs")
+            fsync_dir(repo_dir / "refs")
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        finally:
+            with contextlib.suppress(OSError):
+                incoming.rmdir()  # when no other publish is under way
         return target, snapshot_id
 
 
@@ -159,25 +180,6 @@ def _snapshot_id(hashes: dict[str, str]) -> str:
     for name in CHECKPOINT_FILES:
         h.update(f"{name}\0{hashes[name]}\n".encode())
     return h.hexdigest()[:40]
-
-
-def _copy_synced(src: Path, dst: Path) -> None:
-    shutil.copyfile(src, dst)
-    with open(dst, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems do not support fsync on directories
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -436,7 +438,7 @@ def publish(directory: str | os.PathLike, repo: str, *, hf: bool = False, local_
     from zoo import __version__
 
     check_repo_id(repo)
-    check_revision(revision)
+    check_branch(revision)
     if hf and local_hub is not None:
         raise UsageError("choose one destination: --local-hub PATH or --hf")
     if private and not hf:

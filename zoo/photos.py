@@ -1,4 +1,11 @@
-"""Real photographs shipped inside installed Python packages: sslzoo's embedded image data.
+"""Image files, decoded one way for the whole project, and the photographs shipped with it.
+
+``read_image`` is sslzoo's one image decoder (extraction, search, training data, shipped photos):
+any file Pillow reads, as (H, W, 3) uint8 RGB with its EXIF orientation applied, 16-bit and
+floating-point images scaled to 8 bits (16-bit PNGs no longer saturate, float TIFFs in [0, 1] no
+longer turn black), and a cap on the pixels per side and on how elongated an image may be (a
+1 x 8000 PNG resized to a 256-pixel shorter side took 4.3 GB). A file it cannot or will not
+decode is a one-line ``ZooError``. ``IMAGE_SUFFIXES`` are the files a folder of images holds.
 
 scikit-image (a dependency) ships colour photographs; scikit-learn and matplotlib add a few more
 when they are installed. The quickstart, the export parity checks and single-image training use
@@ -47,17 +54,59 @@ def photo_paths() -> dict[str, Path]:
     return found
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to an (H, W, 3) uint8 RGB array; one-line ZooError if unreadable."""
-    from PIL import Image, UnidentifiedImageError
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+                            ".pbm"})
+MAX_SIDE = 1 << 15     # pixels per side
+MAX_PIXELS = 1 << 26   # pixels in all (below Pillow's decompression-bomb warning)
+MAX_ASPECT = 32        # longer side / shorter side: resizing the shorter side must not blow up the longer
 
+
+def check_image_size(height: int, width: int, what: str = "image") -> None:
+    """One-line ``ZooError`` for an image too large or too elongated to decode and resize safely."""
+    short, long = min(height, width), max(height, width)
+    if short < 1 or long > MAX_SIDE or height * width > MAX_PIXELS or long > MAX_ASPECT * short:
+        raise ZooError(f"{what} is {width}x{height} pixels: sslzoo takes images of at most {MAX_SIDE} pixels per "
+                       f"side, {MAX_PIXELS:,} in all and sides at most {MAX_ASPECT}:1")
+
+
+_QUIETED = False
+
+
+def _to_rgb8(img) -> np.ndarray:
+    """A Pillow image (any mode) as (H, W, 3) uint8 RGB, with 16-bit and float values scaled."""
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":  # floating point: 0 is black and 1 white
+            scale = 1.0
+        elif img.mode == "I" and np.nanmax(values, initial=0) <= 255:
+            scale = 255.0  # 32-bit integers that hold 8-bit values
+        else:
+            scale = 65535.0
+        grey = np.rint(np.clip(np.nan_to_num(values / scale), 0.0, 1.0) * 255.0).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file to an (H, W, 3) uint8 RGB array, upright (EXIF orientation applied);
+    a one-line ZooError if it is unreadable, too large or too elongated."""
+    import warnings
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    global _QUIETED
+    if not _QUIETED:  # Pillow warns above its own limit; ours is lower and an error (set once per process:
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # catch_warnings is not
+        _QUIETED = True  # thread-safe, and extraction decodes in threads)
     try:
         with Image.open(path) as img:
+            check_image_size(img.height, img.width, f"image {path}")
+            img = ImageOps.exif_transpose(img)
             img.load()
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+            return _to_rgb8(img)
     except FileNotFoundError:
         raise ZooError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ZooError(f"cannot read image {path}: {err}") from None
 
 

@@ -56,11 +56,20 @@ def convert_and_normalise(rgb: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     return (x - mean) / std
 
 
+def resized_size(h: int, w: int, spec: InputSpec) -> tuple[int, int]:
+    """(height, width) after resizing the shorter side to ``spec.resize`` (at least ``spec.size``);
+    a one-line error for images too large or elongated (see ``zoo.photos.check_image_size``)."""
+    from zoo.photos import check_image_size
+
+    check_image_size(h, w)
+    scale = spec.resize / min(h, w)
+    return max(spec.size, round(h * scale)), max(spec.size, round(w * scale))
+
+
 def resize_and_crop(rgb: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     """(3, H, W) float -> (3, size, size): shorter side to ``spec.resize``, then centre crop."""
     _, h, w = rgb.shape
-    scale = spec.resize / min(h, w)
-    nh, nw = max(spec.size, round(h * scale)), max(spec.size, round(w * scale))
+    nh, nw = resized_size(h, w, spec)
     if (nh, nw) != (h, w):
         rgb = F.interpolate(rgb[None], size=(nh, nw), mode=spec.interpolation, antialias=True,
                             align_corners=False)[0]

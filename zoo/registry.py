@@ -46,6 +46,8 @@ class InputSpec:
             raise ValueError(f"colour_space must be one of {COLOUR_SPACES}, got {self.colour_space!r}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise ValueError("mean and std need one value per input channel")
+        if not all(s > 0 for s in self.std):  # also refuses NaN
+            raise ValueError(f"std must be positive, got {list(self.std)}")
 
     @property
     def channels(self) -> int:

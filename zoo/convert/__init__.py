@@ -52,6 +52,19 @@ def releases_for(source: str, arch: str | None = None) -> list[Release]:
     return matches
 
 
+def _release_file(source: str, file: Path, candidates: list[Release]) -> Path:
+    """FILE, or for a folder (an unpacked download) the one release file of SOURCE inside it."""
+    if not file.is_dir():
+        return file
+    names = sorted({get_model_entry(r.name).weights.original_file for r in candidates} - {""})
+    found = [file / n for n in names if (file / n).is_file()]
+    if len(found) == 1:
+        return found[0]
+    expected = f" (for {source}: {', '.join(names)})" if names else ""
+    raise UsageError(f"{file} is a folder{' holding several release files' if found else ''}; pass the release "
+                     f"file itself{expected}")
+
+
 def _pick(source: str, file: Path, obj: Any, candidates: list[Release], keep_heads: bool) -> tuple[Release, Extracted]:
     fits, reasons = [], []
     for release in candidates:
@@ -103,6 +116,7 @@ def convert_checkpoint(source: str, file: str | Path, directory: str | Path, arc
     candidates = releases_for(source, arch)  # bad names fail before the file is read
     if (directory / CONFIG_NAME).exists() and not overwrite:
         raise UsageError(f"{directory} already holds a checkpoint; pass --overwrite to replace it")
+    file = _release_file(source, file, candidates)
     loaded = load_original(file)
     release, extracted = _pick(source, file, loaded.obj, candidates, keep_heads)
     entry = get_model_entry(release.name)
@@ -142,10 +156,12 @@ def _sources_help() -> str:
 def _command():
     import click
 
+    from zoo.cli import OutputPath
+
     @click.command("convert", epilog=_sources_help())
     @click.argument("source")
     @click.argument("file", type=click.Path(path_type=Path))
-    @click.option("-o", "--out", "directory", required=True, type=click.Path(path_type=Path),
+    @click.option("-o", "--out", "directory", required=True, type=OutputPath(path_type=Path),
                   help="Checkpoint folder to write (model.safetensors + config.json).")
     @click.option("--arch", default=None, help="Architecture when SOURCE has several (alexnet, vgg16, resnet50, ...).")
     @click.option("--keep-heads", is_flag=True, help="Keep AlexNet/VGG pretraining heads as heads.<i>.")
