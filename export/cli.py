@@ -10,6 +10,7 @@ import click
 import numpy as np
 
 from zoo.errors import UsageError
+from zoo.fileset import owner_tag, remove_abandoned
 
 from zoo.cli import OutputPath
 
@@ -79,7 +80,13 @@ def export_cmd(name_or_dir, to_onnx, to_tensorrt, output, layer, pool, input_kin
     click.echo(f"exporting {spec.model} ({spec.weights_origin}{sha}): {spec.layer} {spec.pool}-pooled, {spec.dim}-d, "
                f"{precision}")
 
-    with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as work:
+    # The work folder sits beside the output (the final rename stays on one file system) and names
+    # its owner, so that the next export removes what a killed one left.
+    work_prefix = f".{output.name}.work."
+    if output.parent.exists():
+        remove_abandoned(output.parent, work_prefix)
+    with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None,
+                                     prefix=f"{work_prefix}{owner_tag()}.") as work:
         fp32_path = output if precision == "fp32" else Path(work) / "fp32.onnx"
         export_onnx(model, spec, fp32_path, opset=opset)
         worst32 = verify_onnx(model, spec, fp32_path)

@@ -176,3 +176,17 @@ def test_cli_export_errors_are_one_line(args, code, needle, tmp_path):
     assert res.returncode == code, (res.stdout, res.stderr)
     assert needle in res.stderr and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_killed_export_keeps_the_previous_file_and_the_next_one_cleans_up(tmp_path):
+    out, ref = tmp_path / "out.onnx", tmp_path / "ref.onnx"
+    assert run_zoo("export", "random:rotnet_nin_fmnist", "--onnx", "-o", str(ref)).returncode == 0
+    assert run_zoo("export", "random:rotnet_nin_fmnist", "--onnx", "--layer", "block2", "-o", str(out)).returncode == 0
+    previous = out.read_bytes()
+    for point in ("write", "rename"):  # killed with the new file half written; killed just before the rename
+        killed = run_zoo("export", "random:rotnet_nin_fmnist", "--onnx", "-o", str(out),
+                         env={"ZOO_TEST_FAULT": f"{point}@out.onnx:1:kill"})
+        assert killed.returncode == -9 and out.read_bytes() == previous  # the old file, whole
+    assert run_zoo("export", "random:rotnet_nin_fmnist", "--onnx", "-o", str(out)).returncode == 0
+    assert out.read_bytes() == ref.read_bytes()  # as if never interrupted
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx", "ref.onnx"]  # nothing the kills left

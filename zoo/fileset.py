@@ -157,6 +157,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], size_hint: int
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned(path.parent, f".{path.name}.", ".tmp")  # what a killed writer of this file left
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.{owner_tag()}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
         if _disk_is_full(err, path.parent):
