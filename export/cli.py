@@ -1,4 +1,5 @@
-"""``zoo export``, ``zoo extract``, ``zoo index build`` and ``zoo search`` (registered lazily by zoo.cli)."""
+"""``zoo export``, ``zoo extract``, ``zoo index build`` and ``zoo search`` (entry points in
+pyproject.toml's ``sslzoo.commands``, loaded on use)."""
 
 from __future__ import annotations
 
