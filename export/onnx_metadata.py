@@ -37,12 +37,12 @@ def write_metadata(proto, spec: EmbeddingSpec) -> None:
         "input": f"{spec.input_kind} {'x'.join(map(str, spec.input_shape()))}",
         "precision": spec.precision,
         "weights": spec.weights,
-        "weights_sha256": spec.weights_sha256,
+        "state_dict_sha256": spec.state_dict_sha256,
         "weights_origin": spec.weights_origin,
         "weights_file_sha256": spec.weights_file_sha256,
         "sslzoo_version": __version__,
     }
-    keep = [p for p in proto.metadata_props if p.key not in flat]
+    keep = [p for p in proto.metadata_props if p.key not in flat and p.key != "weights_sha256"]
     del proto.metadata_props[:]
     proto.metadata_props.extend(keep)
     for key, value in flat.items():
@@ -63,6 +63,8 @@ def spec_from_metadata(props: dict[str, str], where: str) -> EmbeddingSpec:
         data = json.loads(props[METADATA_KEY])
         data.pop("sslzoo_version", None)
         data.pop("opset", None)
+        if "weights_sha256" in data:  # written before the state dict's hash had its own name
+            data["state_dict_sha256"] = data.pop("weights_sha256")
         data["input"] = InputSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["input"].items()})
         return EmbeddingSpec(**data)
     except (json.JSONDecodeError, TypeError, KeyError, ValueError) as err:

@@ -91,7 +91,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from training.data import SampleView, SkipCounter, collate_skipping, describe, iterate_batches, limit_dataset, open_dataset
 from training.recipes import Recipe
-from zoo.checkpoint import atomic_write, atomic_write_text
+from zoo.checkpoint import atomic_write, atomic_write_text, state_dict_sha256
 from zoo.errors import UsageError, ZooError
 
 STATE_FORMAT = "sslzoo-train-state/1"
@@ -209,13 +209,7 @@ def sync_batchnorm_stats(model: nn.Module, d: Dist) -> None:
             dist.broadcast(m.num_batches_tracked, src=0)
 
 
-def state_dict_sha256(module: nn.Module) -> str:
-    """sha256 over every parameter and buffer, in state_dict order (identical weights <=> equal);
-    not the hash of a saved file (``weights_file_sha256`` in checkpoint metadata is that)."""
-    return nested_sha256(module.state_dict())
-
-
-state_digest = state_dict_sha256  # the name tests and older scripts use
+state_digest = state_dict_sha256  # the old name: sha256 of every parameter and buffer (equal <=> identical weights)
 
 
 def nested_sha256(obj: Any) -> str:

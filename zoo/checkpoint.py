@@ -10,6 +10,7 @@ checkpoints are found and how they are published is ``zoo.hub``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,18 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 FORMAT = "sslzoo-checkpoint/1"
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """sha256 over the state dict (names, dtypes, shapes and bytes, in key order): the weights' identity
+    whatever file holds them, which ONNX, extraction and index metadata record. A saved file's own hash
+    is ``sha256_file`` (``weights.sha256`` in config.json, ``weights_sha256`` in results)."""
+    h = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        t = value.detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def model_config(model: nn.Module, **extra: Any) -> dict[str, Any]:
