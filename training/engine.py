@@ -101,6 +101,18 @@ LOG_NAME = "metrics.jsonl"
 _CKPT_RE = re.compile(r"^step-(\d{8,})\.pt$")
 
 
+def take_saved_shapes(module: nn.Module, names: Sequence[str], state_dict: dict[str, torch.Tensor],
+                      prefix: str) -> None:
+    """Re-allocate each buffer of ``module`` in ``names`` with its shape in ``state_dict`` (on the
+    buffer's device), so that loading copies into it: for buffers sized by the training data
+    (pseudo-labels, memory banks), registered empty before the data is known. Call it from
+    ``_load_from_state_dict`` before the default loading."""
+    for name in names:
+        saved = state_dict.get(prefix + name)
+        if saved is not None:
+            setattr(module, name, torch.empty_like(saved, device=getattr(module, name).device))
+
+
 class Method(nn.Module):
     """Base class of every method; see the module docstring for the contract."""
 
@@ -113,10 +125,7 @@ class Method(nn.Module):
         self.recipe = recipe
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in self.data_sized_buffers:  # take the checkpoint's shape before copying into it
-            saved = state_dict.get(prefix + name)
-            if saved is not None:
-                setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
+        take_saved_shapes(self, self.data_sized_buffers, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def train_transform(self) -> Callable[[torch.Tensor], Any]:
