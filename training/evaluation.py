@@ -54,6 +54,7 @@ from training.clustering import kmeans
 from training.recipes import Schedule
 from training.transforms import eval_transform
 from zoo.errors import UsageError, ZooError
+from zoo.fileset import read_json
 from zoo.registry import RANDOM_PREFIX
 from zoo.results import beats_random_init
 
@@ -871,10 +872,7 @@ def record_results(report: dict[str, Any], cards_dir: str | Path | None = None) 
     path = results_path(report["model"], cards_dir or user_cards_dir())
     doc: dict[str, Any] = {"model": report["model"], "results": []}
     if path.is_file():
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ZooError(f"{path} is not valid JSON ({err}); fix or delete it, nothing was written") from None
+        doc = read_json(path, ZooError, "fix or delete it, nothing was written")
         if doc.get("model") != report["model"]:
             raise ZooError(f"{path} belongs to model {doc.get('model')!r}, not {report['model']!r}")
         same = (doc.get("weights_sha256") == report.get("weights_sha256")
