@@ -60,7 +60,13 @@ def random_hflip(rgb: torch.Tensor, p: float = 0.5) -> torch.Tensor:
 
 def random_resized_crop(rgb: torch.Tensor, size: int, scale: tuple[float, float] = (0.08, 1.0),
                         ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
-    """Inception-style crop: area fraction in ``scale``, log-uniform aspect ratio, resized to size."""
+    """Inception-style crop: area fraction in ``scale``, log-uniform aspect ratio, resized to size.
+
+    One image at a time with torchvision's sampling (up to ten tries, then a centre crop), for the
+    per-sample recipes. ``training.methods.views.random_resized_crop`` is the batched version (one
+    draw per image, crops shrunk to fit, grid sampling); they draw different random numbers and
+    give different pixels, so each stays with the recipes whose weights were trained with it.
+    """
     from torchvision.transforms.v2 import functional as TF
     from torchvision.transforms.v2 import RandomResizedCrop
 
