@@ -33,6 +33,8 @@ quickstart: $(STAMP)
 	$(ZOO) quickstart
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 cards: $(STAMP)

@@ -1,4 +1,5 @@
-"""``zoo export``, ``zoo extract``, ``zoo index build`` and ``zoo search`` (registered lazily by zoo.cli)."""
+"""``zoo export``, ``zoo extract``, ``zoo index build`` and ``zoo search`` (entry points in
+pyproject.toml's ``sslzoo.commands``, loaded on use)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from zoo.fileset import owner_tag, remove_abandoned
 
 from zoo.cli import OutputPath
 
+from export.embedding import model_state_dict_sha256
 from export.options import ENGINES, HNSW_M, INPUT_KINDS, MAX_BATCH, MAX_K, MAX_THREADS, OPSETS, POOLINGS, PROVIDERS
 
 
@@ -258,7 +260,8 @@ def search_cmd(index_dir, images, k, as_json, threads):
     engine = open_engine(source, engine="onnx" if is_onnx_file(source) else "torch", layer=None if is_onnx_file(source)
                          else model.get("layer"), pool=model.get("pool") if model.get("pool") in POOLINGS else "avg",
                          input_kind=model.get("input_kind", "uint8"), threads=threads)
-    if model.get("weights_sha256") and engine.spec.weights_sha256 != model["weights_sha256"]:
+    recorded = model_state_dict_sha256(model)
+    if recorded and engine.spec.state_dict_sha256 != recorded:
         raise UsageError(f"the model at {source} has other weights than the one that built {index_dir}; rebuild the index")
     rows, names, results = [], [], []
     for path in images:

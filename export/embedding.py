@@ -18,7 +18,6 @@ decoder's job, and a fixed-size input lets fully connected layers (AlexNet/VGG f
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from zoo.checkpoint import state_dict_sha256  # noqa: F401  (re-exported)
 from zoo.errors import UsageError
 from zoo.pooling import gem
-from zoo.preprocess import convert_and_normalise, resize_and_crop, resized_size, to_float_rgb
+from zoo.preprocess import centre_crop, convert_and_normalise, hwc_uint8_to_float_chw, resize_and_crop, resized_size
 from zoo.registry import InputSpec
 
 from export.options import INPUT_KINDS, POOLINGS
@@ -62,7 +62,7 @@ class EmbeddingSpec:
     model: str  # registry name
     source: str  # registry name or checkpoint folder it was built from
     weights: str  # "checkpoint" (a folder), "published" (a registry name's weights) or "random-init"
-    weights_sha256: str  # of the state dict actually exported
+    state_dict_sha256: str  # of the state dict actually exported (zoo.checkpoint.state_dict_sha256)
 
     layer: str
     pool: str  # avg | gem | max, or "none" for a fully connected layer (already a vector)
@@ -72,6 +72,11 @@ class EmbeddingSpec:
     precision: str = "fp32"  # fp32 | fp16 | int8
     weights_origin: str = ""  # e.g. "shipped sslzoo/simclr-resnet-small-fmnist@main (...)", "random-init"
     weights_file_sha256: str = ""  # sha256 of model.safetensors, as config.json and the model card record it
+
+    @property
+    def weights_sha256(self) -> str:
+        """The old name of ``state_dict_sha256`` (not the file's hash: that is ``weights_file_sha256``)."""
+        return self.state_dict_sha256
 
     def input_shape(self, batch: int | str = "N") -> tuple:
         s = self.input.size
@@ -139,16 +144,6 @@ def default_layer(model: nn.Module) -> str:
     return layer or (entry.embedding_layer if entry is not None else "") or model.feature_layers[-1]
 
 
-def state_dict_sha256(model: nn.Module) -> str:
-    """sha256 over the state dict (names, dtypes, shapes and bytes, in key order)."""
-    h = hashlib.sha256()
-    for key, value in model.state_dict().items():
-        t = value.detach().cpu().contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def load_backbone(name_or_dir: str) -> tuple[nn.Module, str]:
     """A checkpoint folder, a registry name (its published weights) or ``random:NAME``.
 
@@ -195,7 +190,7 @@ def build_embedding_model(backbone: nn.Module, source: str, weights: str, layer:
     pooled = feats.dim() == 4  # fully connected layers (fc6, fc7) are vectors already
     dim = feats.shape[1]
     origin, file_sha = weights_description(backbone, weights)
-    spec = EmbeddingSpec(model=entry.name, source=str(source), weights=weights, weights_sha256=sha,
+    spec = EmbeddingSpec(model=entry.name, source=str(source), weights=weights, state_dict_sha256=sha,
                          layer=layer, pool=pool if pooled else "none", input_kind=input_kind, input=entry.input,
                          dim=int(dim), precision="fp16" if half else "fp32", weights_origin=origin,
                          weights_file_sha256=file_sha)
@@ -211,30 +206,35 @@ def prepare_image(image: np.ndarray, spec: InputSpec, input_kind: str) -> np.nda
     float reference by at most one grey level (a test checks this on the shipped photos).
     """
     if input_kind == "float":
-        return resize_and_crop(to_float_rgb(image), spec).numpy()
+        return resize_and_crop(hwc_uint8_to_float_chw(image), spec).numpy()
     arr = np.asarray(image)
     if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or spec.interpolation != "bilinear":
         # the reference path: its one-line errors for bad inputs, and other filters than bilinear
-        crop = resize_and_crop(to_float_rgb(arr), spec)
+        crop = resize_and_crop(hwc_uint8_to_float_chw(arr), spec)
         return (crop.permute(1, 2, 0) * 255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     if arr.shape[-1] not in (3, 4):
-        to_float_rgb(arr)  # raises the reference's one-line error
+        hwc_uint8_to_float_chw(arr)  # raises the reference's one-line error
     x = torch.from_numpy(np.require(arr[..., :3], requirements=["C", "W"])).permute(2, 0, 1)[None]
     h, w = arr.shape[:2]
     nh, nw = resized_size(h, w, spec)
     if (nh, nw) != (h, w):
         x = torch.nn.functional.interpolate(x.contiguous(memory_format=torch.channels_last), size=(nh, nw),
                                             mode=spec.interpolation, antialias=True, align_corners=False)
-    top, left = (nh - spec.size) // 2, (nw - spec.size) // 2
-    return np.ascontiguousarray(x[0, :, top:top + spec.size, left:left + spec.size].permute(1, 2, 0).numpy())
+    return np.ascontiguousarray(centre_crop(x[0], spec.size).permute(1, 2, 0).numpy())
 
 
 def reference_embeddings(model: EmbeddingModel, batch: np.ndarray) -> np.ndarray:
     """PyTorch output of the wrapped model on a prepared batch (the parity reference)."""
     with torch.no_grad():
         return model(torch.from_numpy(np.ascontiguousarray(batch))).numpy()
+
+
+def model_state_dict_sha256(model_meta: dict[str, Any]) -> str | None:
+    """The state dict's sha256 in an extraction's or index's ``model`` metadata; older folders
+    recorded it as ``weights_sha256``."""
+    return model_meta.get("state_dict_sha256") or model_meta.get("weights_sha256")
 
 
 def spec_to_metadata(spec: EmbeddingSpec) -> dict[str, Any]:

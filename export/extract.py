@@ -10,7 +10,7 @@ Output folder (``-o OUT``)::
     OUT/failed.tsv       files that could not be read: "id<TAB>reason" per line (may be empty)
     OUT/meta.json        model (EmbeddingSpec), source, engine, count, dim, timing
     OUT/model.onnx       the model, when MODEL was a registry name or checkpoint folder (onnx engine)
-    OUT/manifest.json    size and sha256 of each of these files, the count, dim and weights sha256
+    OUT/manifest.json    size and sha256 of each of these files, the count, dim and the state dict's sha256
     OUT/shards/          work in progress: plan.json, shard-NNNNN.npz (and model.onnx), gone after the merge
 
 The image list is cut into shards of ``shard_size`` files in list order. Each finished shard is
@@ -148,7 +148,7 @@ class Plan:
 def make_plan(ids: Sequence[str], shard_size: int, engine) -> Plan:
     ids_hash = hashlib.sha256("\n".join(ids).encode()).hexdigest()
     spec = spec_to_metadata(engine.spec)
-    model = {k: spec[k] for k in ("model", "weights_sha256", "layer", "pool", "dim", "input_kind")}
+    model = {k: spec[k] for k in ("model", "state_dict_sha256", "layer", "pool", "dim", "input_kind")}
     return Plan(ids_hash, len(ids), shard_size, model)
 
 
@@ -207,11 +207,7 @@ def extract(engine, images: Sequence[str | Path], out: str | Path, batch_size: i
     if batch_size < 1 or shard_size < 1:
         raise UsageError("--batch-size and --shard-size must be at least 1")
     out = check_output_folder(out)
-    env_rank, env_world = distributed_rank()
-    rank = env_rank if rank is None else rank
-    world_size = env_world if world_size is None else world_size
-    if not 0 <= rank < world_size:
-        raise UsageError(f"rank {rank} is outside 0..{world_size - 1}")
+    rank, world_size = _rank_and_world(rank, world_size)
     files = collect_images(images)
     if not files:
         raise UsageError("no images found in " + ", ".join(map(str, images)))
@@ -224,8 +220,6 @@ def extract(engine, images: Sequence[str | Path], out: str | Path, batch_size: i
         meta = _read_meta(out)
         return {"done": True, "already": True, "count": meta["count"], "failed": meta["failed"], "out": str(out),
                 "processed": 0, "skipped": meta["count"] + meta["failed"], "rank": rank, "world_size": world_size}
-
-    spec = engine.spec
     mine = [s for s in range(plan.num_shards) if s % world_size == rank]
     todo = [s for s in mine if not shard_path(out, s).is_file()]
     done_count = sum(len(_shard_ids(ids, s, shard_size)) for s in mine if s not in todo)
@@ -234,37 +228,12 @@ def extract(engine, images: Sequence[str | Path], out: str | Path, batch_size: i
     bar = tqdm(total=done_count + len(todo_ids), initial=done_count, unit="img", disable=not progress,
                desc=f"extract{f' rank {rank}/{world_size}' if world_size > 1 else ''}", dynamic_ncols=True)
     start = time.perf_counter()
-    decoded = ordered_map(lambda p: decode(p, spec.input, spec.input_kind), todo_files, workers,
+    decoded = ordered_map(lambda p: decode(p, engine.spec.input, engine.spec.input_kind), todo_files, workers,
                           window=max(2 * batch_size, 4 * max(workers, 1)))
     engine_seconds = 0.0
     for s in todo:
-        shard_ids = _shard_ids(ids, s, shard_size)
-        rows, kept, failed = [], [], []
-        batch, batch_ids = [], []
-
-        def flush():
-            nonlocal engine_seconds
-            if batch:
-                t = time.perf_counter()
-                rows.append(engine.embed(np.stack(batch)))
-                engine_seconds += time.perf_counter() - t
-                kept.extend(batch_ids)
-                bar.update(len(batch))
-                batch.clear()
-                batch_ids.clear()
-
-        for file_id in shard_ids:
-            image, reason = next(decoded)
-            if image is None:
-                failed.append((file_id, escape_id(" ".join(reason.split()))))
-                bar.update(1)
-                continue
-            batch.append(image)
-            batch_ids.append(file_id)
-            if len(batch) == batch_size:
-                flush()
-        flush()
-        emb = np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, spec.dim), np.float32)
+        emb, kept, failed, seconds = _embed_shard(engine, _shard_ids(ids, s, shard_size), decoded, batch_size, bar)
+        engine_seconds += seconds
         atomic_write(shard_path(out, s), lambda p, e=emb, k=kept, f=failed: _save_shard(p, e, k, f))
     bar.close()
     seconds = time.perf_counter() - start
@@ -275,6 +244,49 @@ def extract(engine, images: Sequence[str | Path], out: str | Path, batch_size: i
         merged = merge_shards(out, plan, engine, source)
         summary.update(merged, done="merging" not in merged)
     return summary
+
+
+def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    env_rank, env_world = distributed_rank()
+    rank = env_rank if rank is None else rank
+    world_size = env_world if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise UsageError(f"rank {rank} is outside 0..{world_size - 1}")
+    return rank, world_size
+
+
+def _embed_shard(engine, shard_ids: Sequence[str], decoded: Iterator, batch_size: int,
+                 bar) -> tuple[np.ndarray, list[str], list[tuple[str, str]], float]:
+    """One shard's images, taken in order from ``decoded``, embedded in batches of ``batch_size``:
+    (embeddings, the ids they belong to, (id, reason) of each image that failed, engine seconds)."""
+    rows, kept, failed = [], [], []
+    batch, batch_ids = [], []
+    engine_seconds = 0.0
+
+    def flush():
+        nonlocal engine_seconds
+        if batch:
+            t = time.perf_counter()
+            rows.append(engine.embed(np.stack(batch)))
+            engine_seconds += time.perf_counter() - t
+            kept.extend(batch_ids)
+            bar.update(len(batch))
+            batch.clear()
+            batch_ids.clear()
+
+    for file_id in shard_ids:
+        image, reason = next(decoded)
+        if image is None:
+            failed.append((file_id, escape_id(" ".join(reason.split()))))
+            bar.update(1)
+            continue
+        batch.append(image)
+        batch_ids.append(file_id)
+        if len(batch) == batch_size:
+            flush()
+    flush()
+    emb = np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, engine.spec.dim), np.float32)
+    return emb, kept, failed, engine_seconds
 
 
 def _shard_ids(ids: Sequence[str], index: int, shard_size: int) -> list[str]:
@@ -358,7 +370,7 @@ def merge_shards(out: Path, plan: Plan, engine, source: str) -> dict:
             os.replace(out / SHARDS / MODEL, staging / MODEL)
         # the old folder (shards, lock and any previous result) goes with the swap
         commit_folder(staging, out, content=FORMAT, count=len(ids), dim=int(emb.shape[1]),
-                      weights_sha256=engine.spec.weights_sha256)
+                      state_dict_sha256=engine.spec.state_dict_sha256)
         return {"count": len(ids), "failed": len(failed), "out": str(out)}
     except BaseException:
         if staging is not None:

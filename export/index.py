@@ -5,7 +5,7 @@ Index folder (``zoo index build EMB -o INDEX``)::
     INDEX/index.faiss   the FAISS index (whitening, when asked, is inside it as a pre-transform)
     INDEX/ids.txt       one id per row of the index, in index order
     INDEX/meta.json     type, build and search parameters, measured recall/QPS, the embeddings' model
-    INDEX/manifest.json size and sha256 of each file, the count, dim and the model's weights sha256
+    INDEX/manifest.json size and sha256 of each file, the count, dim and the sha256 of the model's state dict
 
 The folder is written into a staging folder and swapped in by one atomic rename
 (``zoo.fileset.commit_folder``), and ``load_index`` refuses files that do not match the manifest,
@@ -44,6 +44,8 @@ from zoo.errors import UsageError
 from zoo.fileset import (
     MANIFEST, check_output_folder, commit_folder, is_temporary, new_staging, verify_manifest,
 )
+
+from export.embedding import model_state_dict_sha256
 
 INDEX_TYPES = ("flat", "ivfpq", "hnsw")
 INDEX_FILE, IDS, META = "index.faiss", "ids.txt", "meta.json"
@@ -298,7 +300,7 @@ def save_index(directory: str | Path, index, ids: Sequence[str], meta: dict) -> 
         atomic_write_text(staging / IDS, ids_text(ids))
         atomic_write_text(staging / META, json.dumps({"format": FORMAT, **meta}, indent=2, sort_keys=True) + "\n")
         commit_folder(staging, directory, content=FORMAT, count=len(ids), dim=int(index.d),
-                      weights_sha256=(meta.get("model") or {}).get("weights_sha256"))
+                      state_dict_sha256=model_state_dict_sha256(meta.get("model") or {}))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

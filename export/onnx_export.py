@@ -8,14 +8,13 @@ images, so that the exporter cannot specialise the batch to 1. The weights go in
 What the model is travels with it as ONNX metadata (``metadata_props``): the key
 ``sslzoo.embedding`` holds the JSON of ``EmbeddingSpec`` plus the sslzoo version and opset, and a
 few flat keys repeat the essentials for tools that show metadata as a table (Netron, ONNX Runtime's
-``custom_metadata_map``).
+``custom_metadata_map``); the keys and their readers are ``export.onnx_metadata``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -24,16 +23,18 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from zoo.checkpoint import atomic_write, sha256_file
+from zoo.checkpoint import atomic_write
 from zoo.errors import UsageError, ZooError
 from zoo.registry import InputSpec
 
-from export.embedding import EmbeddingModel, EmbeddingSpec, prepare_image, reference_embeddings, spec_to_metadata
+from export.embedding import EmbeddingModel, EmbeddingSpec, prepare_image, reference_embeddings
+from export.onnx_metadata import (  # noqa: F401  (the file's names and metadata, re-exported)
+    INPUT_NAME, METADATA_KEY, OUTPUT_NAME, metadata_dict, onnx_sha256, read_metadata, spec_from_metadata,
+    write_metadata,
+)
 from export.options import MAX_BATCH, OPSETS
+from export.runtime import OnnxRuntimeEngine
 
-METADATA_KEY = "sslzoo.embedding"
-INPUT_NAME = "images"
-OUTPUT_NAME = "embeddings"
 # Largest |ONNX Runtime - PyTorch| accepted on L2-normalised embeddings, per precision. fp16 and
 # int8 are checked against the fp32 PyTorch model, so their bounds measure the precision loss.
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3, "int8": 0.1}
@@ -79,72 +80,6 @@ def export_onnx(model: EmbeddingModel, spec: EmbeddingSpec, path: str | Path, op
 
     atomic_write(path, write)
     return path
-
-
-def write_metadata(proto, spec: EmbeddingSpec) -> None:
-    """Put ``spec`` into an ``onnx.ModelProto``'s metadata (replacing earlier sslzoo keys)."""
-    from zoo import __version__
-
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    payload = {**spec_to_metadata(spec), "sslzoo_version": __version__, "opset": opset}
-    flat = {
-        METADATA_KEY: json.dumps(payload, sort_keys=True),
-        "registry_name": spec.model,
-        "embedding_dim": str(spec.dim),
-        "layer": spec.layer,
-        "pooling": spec.pool,
-        "input": f"{spec.input_kind} {'x'.join(map(str, spec.input_shape()))}",
-        "precision": spec.precision,
-        "weights": spec.weights,
-        "weights_sha256": spec.weights_sha256,
-        "weights_origin": spec.weights_origin,
-        "weights_file_sha256": spec.weights_file_sha256,
-        "sslzoo_version": __version__,
-    }
-    keep = [p for p in proto.metadata_props if p.key not in flat]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(keep)
-    for key, value in flat.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.producer_name = "sslzoo"
-    proto.producer_version = __version__
-    proto.doc_string = (f"sslzoo {spec.model} ({spec.weights}): {spec.input_kind} images "
-                        f"{'x'.join(map(str, spec.input_shape()))} -> L2-normalised {spec.dim}-d "
-                        f"{spec.pool}-pooled {spec.layer} embeddings")
-
-
-def spec_from_metadata(props: dict[str, str], where: str) -> EmbeddingSpec:
-    """Rebuild the ``EmbeddingSpec`` from metadata key/values (ONNX proto or ORT's map)."""
-    if METADATA_KEY not in props:
-        raise UsageError(f"{where} has no sslzoo metadata; export it with `zoo export NAME --onnx`")
-    try:
-        data = json.loads(props[METADATA_KEY])
-        data.pop("sslzoo_version", None)
-        data.pop("opset", None)
-        data["input"] = InputSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["input"].items()})
-        return EmbeddingSpec(**data)
-    except (json.JSONDecodeError, TypeError, KeyError, ValueError) as err:
-        raise UsageError(f"{where} has unreadable sslzoo metadata ({err}); re-export it") from None
-
-
-def read_metadata(path: str | Path) -> EmbeddingSpec:
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"ONNX file {path} not found")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # protobuf's DecodeError and friends
-        raise UsageError(f"{path} is not a readable ONNX file ({type(err).__name__}); re-export it") from None
-    return spec_from_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
-
-
-def metadata_dict(path: str | Path) -> dict[str, str]:
-    import onnx
-
-    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -196,8 +131,6 @@ def verify_onnx(model: EmbeddingModel, spec: EmbeddingSpec, path: str | Path,
     ``model`` is the fp32 PyTorch model, also for fp16 and int8 files: the check then measures
     what the reduced precision costs.
     """
-    from export.engines import OnnxRuntimeEngine
-
     engine = OnnxRuntimeEngine(path, provider=provider)
     worst = 0.0
     for i, n in enumerate(batch_sizes):
@@ -265,7 +198,3 @@ def _replace(spec: EmbeddingSpec, **changes) -> EmbeddingSpec:
     import dataclasses
 
     return dataclasses.replace(spec, **changes)
-
-
-def onnx_sha256(path: str | Path) -> str:
-    return sha256_file(path)

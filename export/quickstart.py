@@ -124,3 +124,7 @@ def search_stage(ctx: Context) -> list[SummaryRow]:
     verdict = "the same photo" if hit else "a different photo: this small Fashion-MNIST model is weak on photos"
     return [SummaryRow("search", f"query {name}: top hit {Path(top[0][0]).name} ({verdict})",
                        time.perf_counter() - start)]
+
+
+# The stages `zoo quickstart` runs, in order (declared in pyproject.toml's sslzoo.quickstart entry points).
+STAGES = [export_stage, extract_stage, index_stage, search_stage]

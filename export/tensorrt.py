@@ -26,6 +26,7 @@ from zoo.checkpoint import atomic_write, atomic_write_text
 from zoo.errors import UsageError, ZooError
 
 from export.embedding import EmbeddingSpec
+from export.onnx_metadata import INPUT_NAME, OUTPUT_NAME, onnx_sha256, read_metadata
 
 DEFAULT_PROFILE = (1, 32, 128)  # min / opt / max batch
 DEFAULT_WORKSPACE = 4 << 30  # bytes of scratch memory TensorRT may use while building
@@ -71,8 +72,6 @@ def shape_string(shape: tuple[int, ...]) -> str:
 def ort_tensorrt_options(spec: EmbeddingSpec, cache_dir: str | Path,
                          batches: tuple[int, int, int] = DEFAULT_PROFILE) -> dict[str, Any]:
     """Options for onnxruntime-gpu's TensorRT execution provider: the same profile, a disk cache."""
-    from export.onnx_export import INPUT_NAME
-
     p = profile_shapes(spec, batches)
     return {
         "trt_engine_cache_enable": True,
@@ -130,8 +129,6 @@ def build_engine(onnx_path: str | Path, spec: EmbeddingSpec, batches: tuple[int,
                  cache_dir: str | Path | None = None, workspace: int = DEFAULT_WORKSPACE,
                  output: str | Path | None = None) -> Path:
     """Build (or take from the cache) the serialized engine of ``onnx_path``; returns its path."""
-    from export.onnx_export import INPUT_NAME, onnx_sha256
-
     trt, capability = require_tensorrt()
     profile = profile_shapes(spec, batches)
     key = engine_cache_key(onnx_sha256(onnx_path), trt.__version__, capability, spec.precision, profile)
@@ -173,8 +170,6 @@ class TensorRTEngine:
 
     def __init__(self, onnx_path: str | Path, profile: tuple[int, int, int] = DEFAULT_PROFILE,
                  cache_dir: str | Path | None = None):
-        from export.onnx_export import INPUT_NAME, OUTPUT_NAME, read_metadata
-
         trt, _ = require_tensorrt()
         import torch
 

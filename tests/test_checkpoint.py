@@ -53,3 +53,16 @@ def test_strict_load_names_missing_unexpected_and_misshapen_keys():
         load_state_dict_strict(model, {**state, "head.weight": torch.zeros(1)}, "f")
     with pytest.raises(WeightsError, match=r"'block1.0.0.weight' has shape \(1,\)"):
         load_state_dict_strict(model, {**state, "block1.0.0.weight": torch.zeros(1)}, "f")
+
+
+def test_saving_never_reads_the_working_directory(tmp_path, monkeypatch):
+    # An installed zoo has no source tree: its cards show no results, whatever the current folder holds.
+    import zoo.results
+
+    monkeypatch.setattr(zoo.results, "source_cards_dir", lambda: None)
+    results = tmp_path / "MODEL_CARDS" / "results"
+    results.mkdir(parents=True)
+    (results / "rotnet_nin_fmnist.json").write_text("not json")  # reading it would fail
+    monkeypatch.chdir(tmp_path)
+    zoo.create_model("rotnet_nin_fmnist").save_pretrained(tmp_path / "ckpt")
+    assert zoo.from_pretrained(tmp_path / "ckpt").entry.name == "rotnet_nin_fmnist"

@@ -1,6 +1,5 @@
 import ast
 import json
-from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_zoo

@@ -52,6 +52,11 @@ class Random:
         if bias:
             sd[f"{key}.bias"] = self.normal(cout, scale=0.1)
 
+    def sobel(self, sd, prefix=""):
+        """DeepCluster's Sobel front end: grey (1x1, 3 -> 1), then the x and y gradients (3x3, 1 -> 2)."""
+        self.conv(sd, f"{prefix}sobel.0", 1, 3, 1)
+        self.conv(sd, f"{prefix}sobel.1", 2, 1, 3)
+
     def linear(self, sd, key, cout, cin, bias=True):
         sd[f"{key}.weight"] = self.normal(cout, cin, scale=cin ** -0.5)
         if bias:
@@ -185,14 +190,20 @@ def rotnet_alexnet_state(rand):
     return sd
 
 
-def rotnet_alexnet_ref(sd, x):
+def alexnet_convs_ref(sd, x, convs, keys):
+    """conv1-conv5 of a reference AlexNet (max-pools before conv2 and conv3); ``keys(block)`` gives
+    the conv's and the BN's key prefixes. Returns the features by layer and the flattened pool5."""
     out = {}
-    for name, (block, _, _, _, stride, pad) in zip(("conv1", "conv2", "conv3", "conv4", "conv5"), ROTNET_CONVS):
+    for name, (block, _, _, _, stride, pad) in zip(("conv1", "conv2", "conv3", "conv4", "conv5"), convs):
         if name in ("conv2", "conv3"):
             x = F.max_pool2d(x, 3, 2)
-        x = conv_bn_relu(x, sd, f"_feature_blocks.{block}.0", f"_feature_blocks.{block}.1", stride, pad)
+        x = conv_bn_relu(x, sd, *keys(block), stride, pad)
         out[name] = x
-    x = torch.flatten(F.max_pool2d(x, 3, 2), 1)
+    return out, torch.flatten(F.max_pool2d(x, 3, 2), 1)
+
+
+def rotnet_alexnet_ref(sd, x):
+    out, x = alexnet_convs_ref(sd, x, ROTNET_CONVS, lambda b: (f"_feature_blocks.{b}.0", f"_feature_blocks.{b}.1"))
     x = F.relu(bn(F.linear(x, sd["_feature_blocks.8.1.weight"]), sd, "_feature_blocks.8.2"))
     out["fc6"] = x
     out["fc7"] = F.relu(bn(F.linear(x, sd["_feature_blocks.8.4.weight"]), sd, "_feature_blocks.8.5"))
@@ -269,8 +280,7 @@ DC_CONVS = ((0, 2, 96, 11, 4, 2), (4, 96, 256, 5, 1, 2), (8, 256, 384, 3, 1, 1),
 def dc_alexnet_state(rand, prefix="features.module.", in_channels=2, counter=False):
     sd = OrderedDict()
     if in_channels == 2:
-        rand.conv(sd, "sobel.0", 1, 3, 1)
-        rand.conv(sd, "sobel.1", 2, 1, 3)
+        rand.sobel(sd)
     for i, cin, cout, k, _, _ in DC_CONVS:
         rand.conv(sd, f"{prefix}{i}", cout, in_channels if i == 0 else cin, k)
         rand.bn(sd, f"{prefix}{i + 1}", cout, counter=counter)
@@ -280,15 +290,9 @@ def dc_alexnet_state(rand, prefix="features.module.", in_channels=2, counter=Fal
 
 
 def dc_alexnet_ref(sd, x, prefix="features.module.", sobel=True):
-    out = {}
     if sobel:
         x = sobel_ref(x, sd, "sobel.")
-    for name, (i, _, _, _, stride, pad) in zip(("conv1", "conv2", "conv3", "conv4", "conv5"), DC_CONVS):
-        if name in ("conv2", "conv3"):
-            x = F.max_pool2d(x, 3, 2)
-        x = conv_bn_relu(x, sd, f"{prefix}{i}", f"{prefix}{i + 1}", stride, pad)
-        out[name] = x
-    x = torch.flatten(F.max_pool2d(x, 3, 2), 1)
+    out, x = alexnet_convs_ref(sd, x, DC_CONVS, lambda i: (f"{prefix}{i}", f"{prefix}{i + 1}"))
     out["fc6"] = x = F.relu(F.linear(x, sd["classifier.1.weight"], sd["classifier.1.bias"]))
     out["fc7"] = F.relu(F.linear(x, sd["classifier.4.weight"], sd["classifier.4.bias"]))
     return out
@@ -350,8 +354,7 @@ def vgg_ref(sd, x, prefix):
 def test_deepcluster_vgg16(work):
     rand = Random(6)
     sd = OrderedDict()
-    rand.conv(sd, "sobel.0", 1, 3, 1)
-    rand.conv(sd, "sobel.1", 2, 1, 3)
+    rand.sobel(sd)
     state = vgg_state(rand, "", counter=False)
     sd.update({k.replace("features.", "features.module."): v for k, v in state.items()})
     rand.linear(sd, "top_layer", 10, 4096)
@@ -368,8 +371,7 @@ def test_deepcluster_vgg16(work):
 def test_deepercluster_vgg16(work):
     rand = Random(8)
     sd = OrderedDict()
-    rand.conv(sd, "module.sobel.0", 1, 3, 1)
-    rand.conv(sd, "module.sobel.1", 2, 1, 3)
+    rand.sobel(sd, "module.")
     sd.update(vgg_state(rand, "module.body.", counter=True))
     pred = OrderedDict()
     rand.linear(pred, "module", 16, 4096)

@@ -62,7 +62,7 @@ def test_metadata_round_trips(exported):
     meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
     assert meta["registry_name"] == name and meta["embedding_dim"] == str(spec.dim)
     assert meta["layer"] == spec.layer and meta["pooling"] == spec.pool
-    assert meta["sslzoo_version"] == zoo.__version__ and meta["weights_sha256"] == spec.weights_sha256
+    assert meta["sslzoo_version"] == zoo.__version__ and meta["state_dict_sha256"] == spec.state_dict_sha256
     assert meta["input"].startswith(spec.input_kind)
     assert (spec.pool == "none") == spec.layer.startswith("fc")  # fc layers are not pooled
 
@@ -83,11 +83,11 @@ def test_graph_embeds_the_reference_preprocessing():
 
 
 def test_uint8_decoding_is_within_one_grey_level_of_the_reference():
-    from zoo.preprocess import resize_and_crop, to_float_rgb
+    from zoo.preprocess import resize_and_crop, hwc_uint8_to_float_chw
 
     spec = zoo.get_model_entry("sela_resnet50").input
     for photo in load_photos().values():
-        ref = (resize_and_crop(to_float_rgb(photo), spec).permute(1, 2, 0) * 255).round().numpy()
+        ref = (resize_and_crop(hwc_uint8_to_float_chw(photo), spec).permute(1, 2, 0) * 255).round().numpy()
         fast = prepare_image(photo, spec, "uint8")
         assert fast.shape == (224, 224, 3) and fast.dtype == np.uint8
         assert np.abs(fast.astype(float) - ref).max() <= 1

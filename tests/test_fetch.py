@@ -25,7 +25,7 @@ import pytest
 import torch
 from conftest import run_zoo
 from test_convert import (
-    TOL, NCEAverage, Random, RunsCommand, WritesFile, assert_features_match, dc_alexnet_ref, dc_alexnet_state,
+    NCEAverage, Random, RunsCommand, WritesFile, assert_features_match, dc_alexnet_ref, dc_alexnet_state,
     nin_ref, nin_state, resnet_ref, resnet_state, sgd_state,
 )
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 from conftest import ROOT
-from hubtools import assert_same_features, features, publishable_checkpoint, random_model
+from hubtools import features, publishable_checkpoint, random_model
 
 import zoo
 from zoo.hub import publish

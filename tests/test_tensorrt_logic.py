@@ -14,7 +14,7 @@ from export.tensorrt import (GpuUnavailableError, Profile, engine_cache_key, ort
 
 
 def _spec(input_kind="uint8", precision="fp32"):
-    return EmbeddingSpec(model="sela_resnet50", source="sela_resnet50", weights="random-init", weights_sha256="ab" * 32,
+    return EmbeddingSpec(model="sela_resnet50", source="sela_resnet50", weights="random-init", state_dict_sha256="ab" * 32,
                          layer="layer4", pool="gem", input_kind=input_kind,
                          input=zoo.get_model_entry("sela_resnet50").input, dim=2048, precision=precision)
 

@@ -1,4 +1,4 @@
-"""``zoo train`` and ``zoo eval`` (registered in ``zoo/cli.py``'s LAZY_COMMANDS, loaded on use)."""
+"""``zoo train`` and ``zoo eval`` (entry points in pyproject.toml's ``sslzoo.commands``, loaded on use)."""
 
 from __future__ import annotations
 

@@ -17,30 +17,13 @@ from dataclasses import dataclass
 
 import faiss
 import numpy as np
-import torch
-from torch import nn
-from torch.nn import functional as F
 
-from zoo.inspect import layer_shapes
+from training.features import deepest_feature_dim, deepest_features  # noqa: F401  (what the clustering methods read)
 
 
 # ------------------------------------------------------------------------------------------
 # Features -> pseudo-labels
 # ------------------------------------------------------------------------------------------
-
-def deepest_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The backbone's deepest feature layer, globally average-pooled when it is a feature map.
-
-    AlexNet and VGG end in fc7 (after its ReLU, where DeepCluster puts its top layer); conv
-    networks end in a feature map, pooled to one vector per image as ResNet classifiers do.
-    """
-    f = backbone(x)
-    return F.adaptive_avg_pool2d(f, 1).flatten(1) if f.dim() == 4 else f
-
-
-def deepest_feature_dim(backbone: nn.Module) -> int:
-    return layer_shapes(backbone, backbone.entry.input)[backbone.feature_layers[-1]][0]
-
 
 def pca_whiten_l2(features: np.ndarray, dim: int = 256) -> np.ndarray:
     """PCA to ``dim`` dimensions with whitening (eigenvalue power -1/2), then L2-normalised rows.
@@ -67,8 +50,14 @@ class KMeansResult:
     reseeded: int  # how many empty clusters were re-seeded after FAISS
 
 
-def kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0) -> KMeansResult:
-    """Lloyd's k-means with FAISS on all points (no subsampling), then empty clusters re-seeded."""
+def kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0, all_points: bool = True) -> KMeansResult:
+    """Lloyd's k-means with FAISS, the one k-means of training and evaluation.
+
+    ``all_points=True`` (the clustering methods): trained on every point (no subsampling), then
+    empty clusters re-seeded (``reseed_empty_clusters``). ``all_points=False`` (the ``cluster``
+    evaluation protocol): FAISS's defaults, which train on at most 256 points per centroid, and
+    empty clusters stay empty (``empty_before`` still counts them).
+    """
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, d = x.shape
     if not 1 <= k <= n:
@@ -76,8 +65,9 @@ def kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0) -> KMeansResul
     clus = faiss.Clustering(d, k)
     clus.niter = niter
     clus.seed = int(seed)
-    clus.max_points_per_centroid = max(n, 1)  # DeepCluster clusters every point, no sampling
-    clus.min_points_per_centroid = 1  # silences FAISS's warning for small k-means
+    if all_points:
+        clus.max_points_per_centroid = max(n, 1)  # DeepCluster clusters every point, no sampling
+        clus.min_points_per_centroid = 1  # silences FAISS's warning for small k-means
     index = faiss.IndexFlatL2(d)
     clus.train(x, index)
     centroids = faiss.vector_to_array(clus.centroids).reshape(k, d).copy()
@@ -86,7 +76,8 @@ def kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0) -> KMeansResul
     loss = float(stats.at(stats.size() - 1).obj) if stats.size() else float("nan")
     assignments = nearest[:, 0].astype(np.int64)
     empty_before = k - len(np.unique(assignments))
-    centroids, assignments = reseed_empty_clusters(x, centroids, assignments, np.random.default_rng(seed))
+    if all_points:
+        centroids, assignments = reseed_empty_clusters(x, centroids, assignments, np.random.default_rng(seed))
     return KMeansResult(assignments, centroids, loss, empty_before)
 
 

@@ -91,7 +91,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from training.data import SampleView, SkipCounter, collate_skipping, describe, iterate_batches, limit_dataset, open_dataset
 from training.recipes import Recipe
-from zoo.checkpoint import atomic_write, atomic_write_text
+from zoo.checkpoint import atomic_write, atomic_write_text, state_dict_sha256
 from zoo.errors import UsageError, ZooError
 
 STATE_FORMAT = "sslzoo-train-state/1"
@@ -99,6 +99,18 @@ CHECKPOINT_DIR = "checkpoints"
 MODEL_DIR = "model"
 LOG_NAME = "metrics.jsonl"
 _CKPT_RE = re.compile(r"^step-(\d{8,})\.pt$")
+
+
+def take_saved_shapes(module: nn.Module, names: Sequence[str], state_dict: dict[str, torch.Tensor],
+                      prefix: str) -> None:
+    """Re-allocate each buffer of ``module`` in ``names`` with its shape in ``state_dict`` (on the
+    buffer's device), so that loading copies into it: for buffers sized by the training data
+    (pseudo-labels, memory banks), registered empty before the data is known. Call it from
+    ``_load_from_state_dict`` before the default loading."""
+    for name in names:
+        saved = state_dict.get(prefix + name)
+        if saved is not None:
+            setattr(module, name, torch.empty_like(saved, device=getattr(module, name).device))
 
 
 class Method(nn.Module):
@@ -113,10 +125,7 @@ class Method(nn.Module):
         self.recipe = recipe
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in self.data_sized_buffers:  # take the checkpoint's shape before copying into it
-            saved = state_dict.get(prefix + name)
-            if saved is not None:
-                setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
+        take_saved_shapes(self, self.data_sized_buffers, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def train_transform(self) -> Callable[[torch.Tensor], Any]:
@@ -209,13 +218,12 @@ def sync_batchnorm_stats(model: nn.Module, d: Dist) -> None:
             dist.broadcast(m.num_batches_tracked, src=0)
 
 
-def state_digest(module: nn.Module) -> str:
-    """sha256 over every parameter and buffer, in state_dict order (identical weights <=> equal)."""
-    return checksum(module.state_dict())
+state_digest = state_dict_sha256  # the old name: sha256 of every parameter and buffer (equal <=> identical weights)
 
 
-def checksum(obj: Any) -> str:
-    """sha256 over a nest of dicts, lists, tensors and plain values: names, dtypes, shapes, bytes."""
+def nested_sha256(obj: Any) -> str:
+    """sha256 over a nest of dicts, lists, tensors and plain values: names, dtypes, shapes, bytes
+    (a training checkpoint's ``checksum``)."""
     h = hashlib.sha256()
 
     def feed(o: Any) -> None:
@@ -325,14 +333,14 @@ def load_training_state(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ZooError(f"{path} is not an sslzoo training checkpoint")
     expected = state.pop("checksum", None)  # None: written before checkpoints carried one
-    if expected is not None and checksum(state) != expected:
+    if expected is not None and nested_sha256(state) != expected:
         raise ZooError(f"training checkpoint {path} is damaged: its contents do not match its checksum")
     return state
 
 
 def _save_checkpoint(out: Path, state: dict[str, Any], keep_last: int) -> Path:
     path = Path(out) / CHECKPOINT_DIR / f"step-{state['step']:08d}.pt"
-    state = {**state, "checksum": checksum(state)}  # verified by load_training_state
+    state = {**state, "checksum": nested_sha256(state)}  # verified by load_training_state
     atomic_write(path, lambda p: torch.save(state, p))
     for old in checkpoint_paths(out)[keep_last:]:
         old.unlink(missing_ok=True)
@@ -415,54 +423,73 @@ class FitResult:
     resumed_from: int | None
 
 
-def fit(method_cls: type[Method], recipe: Recipe, out: str | Path, data: str | None = None, resume: bool = False,
-        command: str = "", progress: bool = True) -> FitResult:
-    """Train ``method_cls`` with ``recipe``; write checkpoints, ``metrics.jsonl`` and ``OUT/model``.
+class Trainer:
+    """One run of ``fit``, in steps: set up (``__init__``), ``resume_or_start``, ``run_epoch`` for each
+    epoch (``train_step`` for each optimiser step, ``checkpoint`` every ``recipe.checkpoint_every``
+    steps and at its end) and ``finish`` (evaluate, write ``OUT/model``)."""
 
-    ``data`` overrides ``recipe.data`` (a ``--data`` string). Runs on one process, or on every
-    process of a ``torchrun`` launch.
-    """
-    out = Path(out)
-    d = init_distributed()
-    data = data if data is not None else recipe.data
-    if data is None:
-        raise UsageError(f"recipe {recipe.method}/{recipe.name} needs training data: pass --data PATH "
-                         f"({recipe.data_hint or 'see the recipe'})")
-    existing = checkpoint_paths(out)
-    if existing and not resume:
-        raise UsageError(f"{out} already holds training checkpoints; pass --resume to continue that run or "
-                         "choose another --out")
-    micro = recipe.micro_batch(d.world_size)
+    def __init__(self, method_cls: type[Method], recipe: Recipe, out: str | Path, data: str | None = None,
+                 resume: bool = False, command: str = "", progress: bool = True):
+        self.out, self.recipe, self.resume, self.command, self.progress = Path(out), recipe, resume, command, progress
+        self.dist = d = init_distributed()
+        data = data if data is not None else recipe.data
+        if data is None:
+            raise UsageError(f"recipe {recipe.method}/{recipe.name} needs training data: pass --data PATH "
+                             f"({recipe.data_hint or 'see the recipe'})")
+        self.existing = checkpoint_paths(self.out)
+        if self.existing and not resume:
+            raise UsageError(f"{self.out} already holds training checkpoints; pass --resume to continue that run "
+                             "or choose another --out")
+        self.micro = recipe.micro_batch(d.world_size)
 
-    # Seed before building the model so that every rank starts from the same weights.
-    seed_everything(recipe.seed)
-    dataset = limit_dataset(open_dataset(data, "train"), recipe.limit, recipe.seed)
-    method = method_cls(recipe).to(d.device)
-    optimizer = _build_optimizer(method, recipe)
-    precision = _precision(recipe, d.device)
-    scaler = torch.amp.GradScaler(d.device.type, enabled=precision == "fp16")
-    model: nn.Module = method
-    if d.enabled:
-        model = nn.parallel.DistributedDataParallel(
-            method, device_ids=[d.device.index] if d.device.type == "cuda" else None,
-            broadcast_buffers=False, find_unused_parameters=method.find_unused_parameters)
-    ctx = FitContext(recipe, out, d, dataset, data)
-    view = SampleView(dataset, method.train_transform(), recipe.seed)
-    log = JsonlLog(out / LOG_NAME, d.is_main)
-    if d.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        # Seed before building the model so that every rank starts from the same weights.
+        seed_everything(recipe.seed)
+        self.dataset = limit_dataset(open_dataset(data, "train"), recipe.limit, recipe.seed)
+        self.method = method = method_cls(recipe).to(d.device)
+        self.optimizer = _build_optimizer(method, recipe)
+        precision = _precision(recipe, d.device)
+        self.scaler = torch.amp.GradScaler(d.device.type, enabled=precision == "fp16")
+        self.model: nn.Module = method
+        if d.enabled:
+            self.model = nn.parallel.DistributedDataParallel(
+                method, device_ids=[d.device.index] if d.device.type == "cuda" else None,
+                broadcast_buffers=False, find_unused_parameters=method.find_unused_parameters)
+        self.autocast = (torch.autocast(d.device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+                         if precision in ("bf16", "fp16") else contextlib.nullcontext())
+        self.ctx = FitContext(recipe, self.out, d, self.dataset, data)
+        self.view = SampleView(self.dataset, method.train_transform(), recipe.seed)
+        self.log = JsonlLog(self.out / LOG_NAME, d.is_main)
+        if d.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.start_epoch, self.step_in_epoch, self.seconds_before = 0, 0, 0.0
+        self.resumed_from: int | None = None
+        self.epoch_indices: torch.Tensor | None = None
+        self.last: dict[str, float] = {}  # the metrics of the last step
+        self.t0 = time.perf_counter()
 
-    # Resume: the newest checkpoint that loads; a broken one (it cannot be, writes are atomic,
-    # but disks fail) is reported and the next older one is used.
-    start_epoch, step_in_epoch, seconds_before, resumed_from = 0, 0, 0.0, None
-    epoch_indices: torch.Tensor | None = None
-    for path in existing if resume else []:
-        try:
-            state = load_training_state(path)
-        except ZooError as err:
-            if d.is_main:
-                click.echo(f"warning: {err}; trying an older checkpoint", err=True)
-            continue
+    def resume_or_start(self) -> None:
+        """Resume from the newest checkpoint that loads (a broken one, which atomic writes make unlikely
+        but disks can cause, is reported and the next older one is used), or start afresh."""
+        for path in self.existing if self.resume else []:
+            try:
+                state = load_training_state(path)
+            except ZooError as err:
+                if self.dist.is_main:
+                    click.echo(f"warning: {err}; trying an older checkpoint", err=True)
+                continue
+            self._restore(path, state)
+            break
+        else:
+            if self.resume and self.dist.is_main:
+                click.echo(f"no complete checkpoint in {self.out / CHECKPOINT_DIR}; starting from scratch")
+            torch.manual_seed(self.recipe.seed + 1000 * self.dist.rank)  # per-rank streams (dropout, random heads)
+            self.method.on_fit_start(self.ctx)
+        self.log.truncate_after(self.ctx.step)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.t0 = time.perf_counter()
+
+    def _restore(self, path: Path, state: dict[str, Any]) -> None:
+        recipe, d, ctx = self.recipe, self.dist, self.ctx
         saved = json.loads(state["recipe"])  # checked on every rank, so that all of them stop together
         if saved.get("name") != recipe.name or saved.get("method") != recipe.method:
             raise UsageError(f"{path} was written by recipe {saved.get('method')}/{saved.get('name')}, "
@@ -472,13 +499,13 @@ def fit(method_cls: type[Method], recipe: Recipe, out: str | Path, data: str | N
         if changed and d.is_main:
             click.echo(f"warning: resuming with changed settings ({', '.join(changed)}); the result will differ "
                        "from an uninterrupted run", err=True)
-        method.load_state_dict(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        ctx.step, start_epoch, step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
-        seconds_before, ctx.skipped.skipped = state["seconds"], state["skipped"]
-        epoch_indices = state.get("epoch_indices")
+            self.scaler.load_state_dict(state["scaler"])
+        ctx.step, self.start_epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
+        self.seconds_before, ctx.skipped.skipped = state["seconds"], state["skipped"]
+        self.epoch_indices = state.get("epoch_indices")
         rng = state["rng"]
         if len(rng) == d.world_size:
             torch.set_rng_state(rng[d.rank])
@@ -486,146 +513,174 @@ def fit(method_cls: type[Method], recipe: Recipe, out: str | Path, data: str | N
             click.echo(f"warning: resuming on {d.world_size} process(es), the checkpoint has {len(rng)}; "
                        "random streams are re-seeded, so the run will not be bit-identical", err=True)
             torch.manual_seed(recipe.seed + 1000 * d.rank + ctx.step)
-        resumed_from = ctx.step
+        self.resumed_from = ctx.step
         if d.is_main:
-            click.echo(f"resuming from {path} (epoch {start_epoch}, step {ctx.step})")
-        break
-    else:
-        if resume and d.is_main:
-            click.echo(f"no complete checkpoint in {out / CHECKPOINT_DIR}; starting from scratch")
-        torch.manual_seed(recipe.seed + 1000 * d.rank)  # per-rank streams (dropout, random heads)
-        method.on_fit_start(ctx)
-    log.truncate_after(ctx.step)
+            click.echo(f"resuming from {path} (epoch {self.start_epoch}, step {ctx.step})")
 
-    def checkpoint(epoch: int, in_epoch: int) -> None:
-        sync_batchnorm_stats(method, d)
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.t0
+
+    def checkpoint(self, epoch: int, in_epoch: int) -> None:
+        """Write a training checkpoint (on rank 0) from which ``resume_or_start`` continues at
+        ``epoch``, ``in_epoch`` steps into it."""
+        d = self.dist
+        sync_batchnorm_stats(self.method, d)
         rngs = _all_gather(torch.get_rng_state(), d)
         if d.is_main:
             state = {
-                "format": STATE_FORMAT, "step": ctx.step, "epoch": epoch, "step_in_epoch": in_epoch,
-                "method": method.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                "rng": rngs, "seconds": seconds_before + time.perf_counter() - t0, "skipped": ctx.skipped.skipped,
-                "recipe": json.dumps(recipe.to_dict(), default=str), "world_size": d.world_size,
+                "format": STATE_FORMAT, "step": self.ctx.step, "epoch": epoch, "step_in_epoch": in_epoch,
+                "method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+                "rng": rngs, "seconds": self.seconds(), "skipped": self.ctx.skipped.skipped,
+                "recipe": json.dumps(self.recipe.to_dict(), default=str), "world_size": d.world_size,
             }
-            if epoch_indices is not None:
-                state["epoch_indices"] = epoch_indices
-            _save_checkpoint(out, state, recipe.keep_last)
+            if self.epoch_indices is not None:
+                state["epoch_indices"] = self.epoch_indices
+            _save_checkpoint(self.out, state, self.recipe.keep_last)
         if d.enabled:
             dist.barrier()
 
-    t0 = time.perf_counter()
-    bar = None
-    last: dict[str, float] = {}
-    autocast = (torch.autocast(d.device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-                if precision in ("bf16", "fp16") else contextlib.nullcontext())
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    for epoch in range(start_epoch, recipe.epochs):
-        ctx.epoch = epoch
-        if step_in_epoch == 0:
-            method.on_epoch_start(ctx)
-            chosen = method.epoch_indices(ctx)
-            epoch_indices = None if chosen is None else torch.as_tensor(list(chosen), dtype=torch.long)
-        pool = range(len(dataset)) if epoch_indices is None else range(len(epoch_indices))
+    def _epoch_order(self, epoch: int) -> list[int]:
+        """The dataset indices this rank visits in what is left of ``epoch``, in order."""
+        recipe, d, ctx = self.recipe, self.dist, self.ctx
+        if self.step_in_epoch == 0:
+            self.method.on_epoch_start(ctx)
+            chosen = self.method.epoch_indices(ctx)
+            self.epoch_indices = None if chosen is None else torch.as_tensor(list(chosen), dtype=torch.long)
+        pool = range(len(self.dataset)) if self.epoch_indices is None else range(len(self.epoch_indices))
         sampler = DistributedSampler(pool, num_replicas=d.world_size, rank=d.rank, shuffle=True,
                                      seed=recipe.seed, drop_last=True)
         sampler.set_epoch(epoch)
         order = list(sampler)
-        if epoch_indices is not None:
-            order = epoch_indices[order].tolist()
-        per_step = micro * recipe.accumulate
+        if self.epoch_indices is not None:
+            order = self.epoch_indices[order].tolist()
+        per_step = self.micro * recipe.accumulate
         ctx.steps_per_epoch = len(order) // per_step
         if ctx.steps_per_epoch == 0:
-            raise UsageError(f"{describe(dataset)} is too small for batch size {recipe.batch_size}: no full "
+            raise UsageError(f"{describe(self.dataset)} is too small for batch size {recipe.batch_size}: no full "
                              "batch per epoch; lower --batch-size or use more data")
-        order = order[step_in_epoch * per_step:ctx.steps_per_epoch * per_step]
-        view.epoch = epoch
-        if d.is_main and progress:
+        return order[self.step_in_epoch * per_step:ctx.steps_per_epoch * per_step]
+
+    def run_epoch(self, epoch: int) -> None:
+        """What is left of ``epoch``: its steps, its metrics, and the checkpoint at its end."""
+        recipe, ctx = self.recipe, self.ctx
+        ctx.epoch = epoch
+        order = self._epoch_order(epoch)
+        self.view.epoch = epoch
+        bar = None
+        if self.dist.is_main and self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=ctx.steps_per_epoch, initial=step_in_epoch, desc=f"{recipe.method} epoch {epoch + 1}/{recipe.epochs}",
-                       unit="step", dynamic_ncols=True, mininterval=1.0)
-        method.train()
-        loader = torch.utils.data.DataLoader(view, batch_size=micro, sampler=order, collate_fn=collate_skipping,
-                                             num_workers=recipe.workers, persistent_workers=False)
+            bar = tqdm(total=ctx.steps_per_epoch, initial=self.step_in_epoch,
+                       desc=f"{recipe.method} epoch {epoch + 1}/{recipe.epochs}", unit="step", dynamic_ncols=True,
+                       mininterval=1.0)
+        self.method.train()
+        loader = torch.utils.data.DataLoader(self.view, batch_size=self.micro, sampler=order,
+                                             collate_fn=collate_skipping, num_workers=recipe.workers,
+                                             persistent_workers=False)
         # Starting a loader draws a seed from torch's global generator. An uninterrupted run draws it
         # at the epoch's start, before the steps; a run resumed in the middle of the epoch restored
         # the generator as it was after the checkpointed step, so drawing again would shift every
         # later random number (NPID's noise draws, batched views): it draws from a fork instead.
-        with torch.random.fork_rng(devices=[]) if step_in_epoch else contextlib.nullcontext():
+        with torch.random.fork_rng(devices=[]) if self.step_in_epoch else contextlib.nullcontext():
             batches = iter(loader)
         sums: dict[str, float] = {}
         steps_run = 0
-        for _ in range(step_in_epoch, ctx.steps_per_epoch):
-            lr_factor = recipe.schedule.factor(epoch + step_in_epoch / ctx.steps_per_epoch, recipe.epochs)
-            for g in optimizer.param_groups:
-                g["lr"] = recipe.optimizer.lr * g["lr_scale"] * lr_factor
-            step_metrics: dict[str, float] = {}
-            for a in range(recipe.accumulate):
-                batch = next(batches)
-                ctx.skipped.skipped += batch.pop("skipped")
-                sync = (model.no_sync() if d.enabled and a < recipe.accumulate - 1 else contextlib.nullcontext())
-                with sync:
-                    if "x" in batch:
-                        with autocast:
-                            result = model(_to_device(batch, d.device))
-                        loss = result["loss"].float()
-                    else:  # every image of this micro-batch was unreadable: contribute zero gradients
-                        result, loss = {}, sum(p.sum() * 0.0 for p in params)
-                    if not torch.isfinite(loss):
-                        raise ZooError(f"the loss became {loss.item()} at step {ctx.step + 1}; lower the learning "
-                                       f"rate, or resume from an earlier checkpoint in {out / CHECKPOINT_DIR}")
-                    scaler.scale(loss / recipe.accumulate).backward()
-                for k, v in result.items():
-                    step_metrics[k] = step_metrics.get(k, 0.0) + float(v.detach()) / recipe.accumulate
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            ctx.step += 1
-            step_in_epoch += 1
-            method.after_step(ctx)
+        for _ in range(self.step_in_epoch, ctx.steps_per_epoch):
+            step_metrics = self.train_step(epoch, batches)
             for k, v in step_metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
             steps_run += 1
-            last = step_metrics
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in step_metrics.items()}, refresh=False)
             if ctx.step % recipe.log_every == 0:
-                log.write(step=ctx.step, epoch=epoch, lr=optimizer.param_groups[0]["lr"], **step_metrics)
-            if recipe.checkpoint_every and ctx.step % recipe.checkpoint_every == 0 and step_in_epoch < ctx.steps_per_epoch:
-                checkpoint(epoch, step_in_epoch)
+                self.log.write(step=ctx.step, epoch=epoch, lr=self.optimizer.param_groups[0]["lr"], **step_metrics)
+            if (recipe.checkpoint_every and ctx.step % recipe.checkpoint_every == 0
+                    and self.step_in_epoch < ctx.steps_per_epoch):
+                self.checkpoint(epoch, self.step_in_epoch)
         if bar is not None:
             bar.close()
-        sync_batchnorm_stats(method, d)
-        epoch_metrics = method.on_epoch_end(ctx)
-        log.write(event="epoch", step=ctx.step, epoch=epoch, **{f"mean_{k}": v / max(steps_run, 1) for k, v in sums.items()},
-                  **epoch_metrics)
-        step_in_epoch = 0
-        checkpoint(epoch + 1, 0)
+        sync_batchnorm_stats(self.method, self.dist)
+        epoch_metrics = self.method.on_epoch_end(ctx)
+        self.log.write(event="epoch", step=ctx.step, epoch=epoch,
+                       **{f"mean_{k}": v / max(steps_run, 1) for k, v in sums.items()}, **epoch_metrics)
+        self.step_in_epoch = 0
+        self.checkpoint(epoch + 1, 0)
 
-    seconds = seconds_before + time.perf_counter() - t0
-    ctx.epoch = recipe.epochs
-    method.eval()
-    metrics = method.evaluate(ctx)
-    total_skipped = sum(_all_gather(ctx.skipped.skipped, d)) if d.enabled else ctx.skipped.skipped
-    digests = _all_gather(state_digest(method), d)
-    model_dir = out / MODEL_DIR
-    if d.is_main:
-        training = {
-            "method": recipe.method, "recipe": recipe.name, "command": command, "epochs": recipe.epochs,
-            "steps": ctx.step, "seconds": round(seconds, 1), "data": describe(dataset),
-            "metrics": {k: round(float(v), 4) for k, v in metrics.items()},
-            "final": {k: round(v, 4) for k, v in last.items()}, "world_size": d.world_size, "seed": recipe.seed,
-            "batch_size": recipe.batch_size, "skipped_images": total_skipped,
-            "hyperparameters": recipe.to_dict(),
-        }
-        method.pretrained_model().save_pretrained(model_dir, training=training)
-        log.write(event="end", step=ctx.step, seconds=round(seconds, 1), skipped_images=total_skipped,
-                  rank_digests=digests, **{f"eval_{k}": v for k, v in metrics.items()})
-        click.echo(f"trained {recipe.method} ({recipe.name}) for {ctx.step} steps in {seconds:.0f} s; "
-                   + (", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + "; " if metrics else "")
-                   + f"skipped {total_skipped} unreadable image(s); checkpoint folder: {model_dir}")
-    if d.enabled:
-        dist.barrier()
-    return FitResult(out, model_dir, ctx.step, recipe.epochs, seconds, total_skipped, metrics, resumed_from)
+    def train_step(self, epoch: int, batches) -> dict[str, float]:
+        """One optimiser step over ``recipe.accumulate`` micro-batches; returns its metrics."""
+        recipe, ctx, d = self.recipe, self.ctx, self.dist
+        lr_factor = recipe.schedule.factor(epoch + self.step_in_epoch / ctx.steps_per_epoch, recipe.epochs)
+        for g in self.optimizer.param_groups:
+            g["lr"] = recipe.optimizer.lr * g["lr_scale"] * lr_factor
+        step_metrics: dict[str, float] = {}
+        for a in range(recipe.accumulate):
+            batch = next(batches)
+            ctx.skipped.skipped += batch.pop("skipped")
+            sync = (self.model.no_sync() if d.enabled and a < recipe.accumulate - 1 else contextlib.nullcontext())
+            with sync:
+                if "x" in batch:
+                    with self.autocast:
+                        result = self.model(_to_device(batch, d.device))
+                    loss = result["loss"].float()
+                else:  # every image of this micro-batch was unreadable: contribute zero gradients
+                    result, loss = {}, sum(p.sum() * 0.0 for p in self.params)
+                if not torch.isfinite(loss):
+                    raise ZooError(f"the loss became {loss.item()} at step {ctx.step + 1}; lower the learning "
+                                   f"rate, or resume from an earlier checkpoint in {self.out / CHECKPOINT_DIR}")
+                self.scaler.scale(loss / recipe.accumulate).backward()
+            for k, v in result.items():
+                step_metrics[k] = step_metrics.get(k, 0.0) + float(v.detach()) / recipe.accumulate
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        ctx.step += 1
+        self.step_in_epoch += 1
+        self.method.after_step(ctx)
+        self.last = step_metrics
+        return step_metrics
+
+    def finish(self) -> FitResult:
+        """Evaluate the trained method and write ``OUT/model`` (rank 0); every rank returns the result."""
+        recipe, ctx, d, method = self.recipe, self.ctx, self.dist, self.method
+        seconds = self.seconds()
+        ctx.epoch = recipe.epochs
+        method.eval()
+        metrics = method.evaluate(ctx)
+        total_skipped = sum(_all_gather(ctx.skipped.skipped, d)) if d.enabled else ctx.skipped.skipped
+        digests = _all_gather(state_dict_sha256(method), d)
+        model_dir = self.out / MODEL_DIR
+        if d.is_main:
+            training = {
+                "method": recipe.method, "recipe": recipe.name, "command": self.command, "epochs": recipe.epochs,
+                "steps": ctx.step, "seconds": round(seconds, 1), "data": describe(self.dataset),
+                "metrics": {k: round(float(v), 4) for k, v in metrics.items()},
+                "final": {k: round(v, 4) for k, v in self.last.items()}, "world_size": d.world_size,
+                "seed": recipe.seed, "batch_size": recipe.batch_size, "skipped_images": total_skipped,
+                "hyperparameters": recipe.to_dict(),
+            }
+            method.pretrained_model().save_pretrained(model_dir, training=training)
+            self.log.write(event="end", step=ctx.step, seconds=round(seconds, 1), skipped_images=total_skipped,
+                           rank_digests=digests, **{f"eval_{k}": v for k, v in metrics.items()})
+            click.echo(f"trained {recipe.method} ({recipe.name}) for {ctx.step} steps in {seconds:.0f} s; "
+                       + (", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + "; " if metrics else "")
+                       + f"skipped {total_skipped} unreadable image(s); checkpoint folder: {model_dir}")
+        if d.enabled:
+            dist.barrier()
+        return FitResult(self.out, model_dir, ctx.step, recipe.epochs, seconds, total_skipped, metrics,
+                         self.resumed_from)
+
+
+def fit(method_cls: type[Method], recipe: Recipe, out: str | Path, data: str | None = None, resume: bool = False,
+        command: str = "", progress: bool = True) -> FitResult:
+    """Train ``method_cls`` with ``recipe``; write checkpoints, ``metrics.jsonl`` and ``OUT/model``.
+
+    ``data`` overrides ``recipe.data`` (a ``--data`` string). Runs on one process, or on every
+    process of a ``torchrun`` launch.
+    """
+    trainer = Trainer(method_cls, recipe, out, data=data, resume=resume, command=command, progress=progress)
+    trainer.resume_or_start()
+    for epoch in range(trainer.start_epoch, recipe.epochs):
+        trainer.run_epoch(epoch)
+    return trainer.finish()

@@ -50,8 +50,11 @@ from torch.nn import functional as F
 
 from training.data import (SampleView, SkipCounter, describe, disjoint_subsets, iterate_batches, limit_dataset,
                            open_dataset)
+from training.clustering import kmeans
+from training.recipes import Schedule
 from training.transforms import eval_transform
 from zoo.errors import UsageError, ZooError
+from zoo.fileset import read_json
 from zoo.registry import RANDOM_PREFIX
 from zoo.results import beats_random_init
 
@@ -237,9 +240,10 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     probe = LinearProbe(channels or train_x.shape[1], train_x.shape[1], num_classes)
     opt = torch.optim.SGD(probe.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
+    schedule = Schedule("step", milestones=tuple(milestones), gamma=0.1)  # the training recipes' step schedule
     for epoch in range(epochs):
         for g in opt.param_groups:
-            g["lr"] = lr * 0.1 ** sum(epoch >= m for m in milestones)
+            g["lr"] = lr * schedule.factor(epoch, epochs)
         probe.train()
         order = torch.randperm(len(train_x), generator=gen)
         for start in range(0, len(order), batch_size):
@@ -344,17 +348,6 @@ def knn_accuracy(train_x, train_y, test_x, test_y, num_classes: int, k: int = 20
 # ---------------------------------------------------------------------------------------------
 # Clustering
 # ---------------------------------------------------------------------------------------------
-
-def kmeans(x: torch.Tensor, k: int, seed: int = 0, niter: int = 20) -> np.ndarray:
-    """Cluster index of each row of ``x`` (FAISS k-means)."""
-    import faiss
-
-    data = np.ascontiguousarray(x.float().numpy())
-    km = faiss.Kmeans(data.shape[1], k, niter=niter, seed=seed, verbose=False, spherical=False)
-    km.train(data)
-    _, assign = km.index.search(data, 1)
-    return assign[:, 0]
-
 
 def _contingency(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     _, ai = np.unique(a, return_inverse=True)
@@ -486,7 +479,7 @@ def score_layers(feats: _Features, protocol: str, data: EvalData) -> Scores:
         for name in feats.layers:
             found = {}
             for split, x, y in (("val", val_x, val_y), ("test", test_x, test_y)):
-                assign = kmeans(F.normalize(x[name], dim=1), classes, s.seed)
+                assign = kmeans(F.normalize(x[name], dim=1).float().numpy(), classes, seed=s.seed, all_points=False).assignments
                 found[split] = (nmi(assign, y.numpy()), hungarian_accuracy(assign, y.numpy()))
             out["nmi"][name] = _pair(found["val"][0], found["test"][0])
             out["acc"][name] = _pair(found["val"][1], found["test"][1])
@@ -879,10 +872,7 @@ def record_results(report: dict[str, Any], cards_dir: str | Path | None = None) 
     path = results_path(report["model"], cards_dir or user_cards_dir())
     doc: dict[str, Any] = {"model": report["model"], "results": []}
     if path.is_file():
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ZooError(f"{path} is not valid JSON ({err}); fix or delete it, nothing was written") from None
+        doc = read_json(path, ZooError, "fix or delete it, nothing was written")
         if doc.get("model") != report["model"]:
             raise ZooError(f"{path} belongs to model {doc.get('model')!r}, not {report['model']!r}")
         same = (doc.get("weights_sha256") == report.get("weights_sha256")

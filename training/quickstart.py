@@ -110,3 +110,7 @@ def publish_stage(ctx):
                "pretrained=True): bit-identical features")
     return [SummaryRow("publish+load", f"{repo} published to {hub_dir}; from_pretrained and torch.hub.load "
                        "give bit-identical features", time.perf_counter() - start)]
+
+
+# The stages `zoo quickstart` runs, in order (declared in pyproject.toml's sslzoo.quickstart entry points).
+STAGES = [train_stage, eval_stage, publish_stage]

@@ -12,15 +12,16 @@ from typing import Callable, Sequence
 import torch
 from torch.nn import functional as F
 
-from zoo.preprocess import convert_and_normalise, resize_and_crop
+from zoo.preprocess import convert_and_normalise, resize_and_crop, shorter_side_size
 from zoo.registry import InputSpec
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
 def to_rgb_float(image: torch.Tensor) -> torch.Tensor:
-    """uint8 (1 or 3, H, W) -> float (3, H, W) in [0, 1]; grey is repeated into three channels, as
-    ``zoo.preprocess`` does for 2-D arrays, so grey models see exactly what they see at inference."""
+    """uint8 (1 or 3, H, W) tensor -> float (3, H, W) in [0, 1]; grey is repeated into three channels,
+    as ``zoo.preprocess.hwc_uint8_to_float_chw`` does for 2-D arrays (the inference side, which takes
+    (H, W, 3) arrays), so grey models see exactly what they see at inference."""
     x = image.float().div_(255.0)
     return x.expand(3, -1, -1) if x.shape[0] == 1 else x[:3]
 
@@ -39,9 +40,8 @@ def resize_shorter(rgb: torch.Tensor, size: int) -> torch.Tensor:
     h, w = rgb.shape[-2:]
     if min(h, w) == size:
         return rgb
-    scale = size / min(h, w)
-    return F.interpolate(rgb[None], size=(max(size, round(h * scale)), max(size, round(w * scale))),
-                         mode="bilinear", antialias=True, align_corners=False)[0]
+    return F.interpolate(rgb[None], size=shorter_side_size(h, w, size, size), mode="bilinear", antialias=True,
+                         align_corners=False)[0]
 
 
 def random_crop(rgb: torch.Tensor, size: int, padding: int = 0) -> torch.Tensor:
@@ -60,7 +60,13 @@ def random_hflip(rgb: torch.Tensor, p: float = 0.5) -> torch.Tensor:
 
 def random_resized_crop(rgb: torch.Tensor, size: int, scale: tuple[float, float] = (0.08, 1.0),
                         ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
-    """Inception-style crop: area fraction in ``scale``, log-uniform aspect ratio, resized to size."""
+    """Inception-style crop: area fraction in ``scale``, log-uniform aspect ratio, resized to size.
+
+    One image at a time with torchvision's sampling (up to ten tries, then a centre crop), for the
+    per-sample recipes. ``training.methods.views.random_resized_crop`` is the batched version (one
+    draw per image, crops shrunk to fit, grid sampling); they draw different random numbers and
+    give different pixels, so each stays with the recipes whose weights were trained with it.
+    """
     from torchvision.transforms.v2 import functional as TF
     from torchvision.transforms.v2 import RandomResizedCrop
 

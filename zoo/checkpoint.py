@@ -10,20 +10,33 @@ checkpoints are found and how they are published is ``zoo.hub``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from zoo.errors import UsageError, WeightsError, ZooError
-from zoo.fileset import atomic_write, atomic_write_text, sha256_file  # noqa: F401  (re-exported)
+from zoo.fileset import atomic_write, atomic_write_text, read_json, sha256_file  # noqa: F401  (re-exported)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 FORMAT = "sslzoo-checkpoint/1"
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """sha256 over the state dict (names, dtypes, shapes and bytes, in key order): the weights' identity
+    whatever file holds them, which ONNX, extraction and index metadata record. A saved file's own hash
+    is ``sha256_file`` (``weights.sha256`` in config.json, ``weights_sha256`` in results)."""
+    h = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        t = value.detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def model_config(model: nn.Module, **extra: Any) -> dict[str, Any]:
@@ -54,34 +67,42 @@ def save_pretrained(model: nn.Module, directory: str | Path, **extra_config: Any
 
     ``extra_config`` adds keys to config.json (e.g. ``training`` with the recipe and its results).
     The weights are written first and the config last, each atomically, so a folder whose config
-    exists always has the weights it describes. The card is rendered by ``zoo.cards`` from the
-    registry and ``MODEL_CARDS/results/<name>.json``; its results file is read (and checked)
-    before anything is written.
+    exists always has the weights it describes. The card comes from ``_card_writer``.
     """
     from safetensors.torch import save_file
-
-    from zoo.cards import load_results, render_card
 
     directory = Path(directory)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     config = model_config(model, **extra_config)
-    results = load_results(config["name"])
+    write_card = _card_writer(config["name"])
     atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
     config["weights"] = {"file": WEIGHTS_NAME, "sha256": sha256_file(directory / WEIGHTS_NAME)}
-    card = render_card(config["name"], results=results, checkpoint_config=config, checkpoint_dir=directory)
-    atomic_write_text(directory / CARD_NAME, str(card))
+    atomic_write_text(directory / CARD_NAME, write_card(config, directory))
     atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return directory
+
+
+def _card_writer(name: str) -> Callable[[dict[str, Any], Path], str]:
+    """Saving's one use of ``zoo.cards``: ``(config, folder) -> README.md text`` of model ``name``.
+
+    The card shows the results recorded in the source tree's ``MODEL_CARDS/results/<name>.json``
+    (none for an installed package: the working directory is never read). The file is read and
+    checked here, before save_pretrained writes anything.
+    """
+    from zoo.cards import render_card
+    from zoo.results import load_results, source_cards_dir
+
+    cards_dir = source_cards_dir()
+    results = load_results(name, cards_dir) if cards_dir is not None else None
+    return lambda config, directory: str(render_card(name, results=results, checkpoint_config=config,
+                                                     checkpoint_dir=directory))
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise WeightsError(f"{path} not found: not an sslzoo checkpoint folder")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise WeightsError(f"{path} is not valid JSON ({err}); re-download or re-save the checkpoint") from None
+    config = read_json(path, WeightsError, "re-download or re-save the checkpoint")
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise WeightsError(f"{path} is not an sslzoo checkpoint config (expected format {FORMAT!r})")
     for key, kind in (("name", str), ("arch", str), ("arch_kwargs", dict), ("input", dict), ("weights", dict)):

@@ -1,8 +1,8 @@
 """The ``zoo`` command line. One registry drives it; errors are one line and a non-zero status.
 
-Commands that belong to ``training`` or ``export`` are registered here by import path and loaded
-only when invoked, so that ``zoo`` itself never imports those packages (``training -> zoo <-
-export``) and ``zoo list`` stays fast.
+Commands that belong to ``training`` or ``export`` are registered by those packages as entry points
+(``zoo.plugins``) and loaded only when invoked, so that ``zoo`` itself never names those packages
+(``training -> zoo <- export``) and ``zoo list`` stays fast.
 """
 
 from __future__ import annotations
@@ -17,28 +17,30 @@ import click
 
 from zoo.errors import ZooError
 
-# name -> "module:attribute" of a click command, imported on first use.
+# zoo's own commands that import more than ``zoo list`` needs: name -> "module:attribute", imported
+# on first use. The commands of the packages above zoo come from entry points (zoo.plugins).
 LAZY_COMMANDS: dict[str, str] = {
     "quickstart": "zoo.quickstart:quickstart",
     "convert": "zoo.convert:convert_command",
     "fetch": "zoo.fetch:fetch_command",
-    "train": "training.cli:train",
-    "eval": "training.cli:eval_cmd",
-    "export": "export.cli:export_cmd",
-    "extract": "export.cli:extract_cmd",
-    "index": "export.cli:index_group",
-    "search": "export.cli:search_cmd",
 }
 
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
-        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+        from zoo.plugins import COMMANDS_GROUP, plugin_entry_points
+
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS, *plugin_entry_points(COMMANDS_GROUP)})
 
     def get_command(self, ctx, name):
+        from zoo.plugins import COMMANDS_GROUP, plugin_entry_points
+
         if name in LAZY_COMMANDS:
             module, attr = LAZY_COMMANDS[name].split(":")
             return getattr(importlib.import_module(module), attr)
+        plugin = plugin_entry_points(COMMANDS_GROUP).get(name)
+        if plugin is not None:
+            return plugin.load()
         return super().get_command(ctx, name)
 
     def resolve_command(self, ctx, args):

@@ -79,6 +79,14 @@ def fault_point(kind: str, path: str | os.PathLike) -> None:
 # Single files
 # ------------------------------------------------------------------------------------------------
 
+def read_json(path: str | Path, error: type[ZooError], remedy: str) -> Any:
+    """The JSON document in ``path``; one that does not parse is a one-line ``error`` ending in ``remedy``."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(f"{path} is not valid JSON ({err}); {remedy}") from None
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

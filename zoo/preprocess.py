@@ -56,14 +56,27 @@ def convert_and_normalise(rgb: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     return (x - mean) / std
 
 
+def shorter_side_size(h: int, w: int, shorter: int, at_least: int) -> tuple[int, int]:
+    """(height, width) after scaling the shorter side of an ``h`` x ``w`` image to ``shorter``, each
+    side at least ``at_least`` (the one resize arithmetic of preprocessing, export and training)."""
+    scale = shorter / min(h, w)
+    return max(at_least, round(h * scale)), max(at_least, round(w * scale))
+
+
+def centre_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size`` x ``size`` of the last two dimensions (the top-left one of two middles)."""
+    h, w = image.shape[-2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    return image[..., top:top + size, left:left + size]
+
+
 def resized_size(h: int, w: int, spec: InputSpec) -> tuple[int, int]:
     """(height, width) after resizing the shorter side to ``spec.resize`` (at least ``spec.size``);
     a one-line error for images too large or elongated (see ``zoo.photos.check_image_size``)."""
     from zoo.photos import check_image_size
 
     check_image_size(h, w)
-    scale = spec.resize / min(h, w)
-    return max(spec.size, round(h * scale)), max(spec.size, round(w * scale))
+    return shorter_side_size(h, w, spec.resize, spec.size)
 
 
 def resize_and_crop(rgb: torch.Tensor, spec: InputSpec) -> torch.Tensor:
@@ -73,11 +86,10 @@ def resize_and_crop(rgb: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     if (nh, nw) != (h, w):
         rgb = F.interpolate(rgb[None], size=(nh, nw), mode=spec.interpolation, antialias=True,
                             align_corners=False)[0]
-    top, left = (nh - spec.size) // 2, (nw - spec.size) // 2
-    return rgb[:, top:top + spec.size, left:left + spec.size]
+    return centre_crop(rgb, spec.size)
 
 
-def to_float_rgb(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+def hwc_uint8_to_float_chw(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     """An (H, W, 3) or (H, W) uint8 array -> (3, H, W) float32 in [0, 1]."""
     if isinstance(image, np.ndarray) and not image.flags.writeable:
         image = image.copy()  # torch refuses to wrap read-only memory without a warning
@@ -97,5 +109,5 @@ def preprocess(images: np.ndarray | Sequence[np.ndarray], spec: InputSpec) -> to
         images = [images]
     if len(images) == 0:
         raise UsageError("no images to preprocess")
-    batch = torch.stack([resize_and_crop(to_float_rgb(img), spec) for img in images])
+    batch = torch.stack([resize_and_crop(hwc_uint8_to_float_chw(img), spec) for img in images])
     return convert_and_normalise(batch, spec)

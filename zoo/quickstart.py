@@ -1,36 +1,24 @@
 """``zoo quickstart``: the main job, end to end on embedded data, in minutes on 2 CPU cores.
 
-It runs a list of stages in order. Each stage is a function ``stage(ctx) -> list[SummaryRow]``
-named by import path, so that stages living in ``training`` or ``export`` are loaded only when
-the quickstart runs (``zoo`` never imports them at module level). A stage reads what earlier
-stages left in ``ctx`` and adds its own results.
+It runs a list of stages in order. Each stage is a function ``stage(ctx) -> list[SummaryRow]``:
+first zoo's own, then the groups that the packages above zoo declare as entry points
+(``sslzoo.quickstart``, see ``zoo.plugins``), loaded only when the quickstart runs. A stage reads
+what earlier stages left in ``ctx`` and adds its own results.
 """
 
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
 from zoo.errors import ZooError
 
-# The stages, in order: first what a user of published weights does (load, export, extract,
-# index, search: seconds), then what a researcher does (train a small model, evaluate, publish).
-STAGES: list[str] = [
-    "zoo.quickstart:backbones_stage",
-    "zoo.quickstart:pretrained_stage",
-    "export.quickstart:export_stage",
-    "export.quickstart:extract_stage",
-    "export.quickstart:index_stage",
-    "export.quickstart:search_stage",
-    "training.quickstart:train_stage",
-    "training.quickstart:eval_stage",
-    "training.quickstart:publish_stage",
-]
+# zoo's stages run first; the plug-in groups follow: first what a user of published weights does
+# (export, extract, index, search: seconds), then what a researcher does (train, evaluate, publish).
 
 # The shipped model the loading, export and search stages use (weights inside sslzoo: no network):
 # the best of the twelve on the photos part of the copy-detection benchmark, which is what the
@@ -50,6 +38,9 @@ class Context:
     out: Path
     fast: bool = False
     data: dict[str, Any] = field(default_factory=dict)
+
+
+Stage = Callable[[Context], list[SummaryRow]]
 
 
 def backbones_stage(ctx: Context) -> list[SummaryRow]:
@@ -120,11 +111,19 @@ def pretrained_stage(ctx: Context) -> list[SummaryRow]:
                        "and through torch.hub, offline", time.perf_counter() - start)]
 
 
-def run_stages(ctx: Context, stages: list[str] | None = None) -> list[SummaryRow]:
+STAGES: list[Stage] = [backbones_stage, pretrained_stage]
+
+
+def all_stages() -> list[Stage]:
+    """zoo's stages, then each plug-in group's in the order of the groups' names."""
+    from zoo.plugins import QUICKSTART_GROUP, plugin_entry_points
+
+    return [*STAGES, *(stage for ep in plugin_entry_points(QUICKSTART_GROUP).values() for stage in ep.load())]
+
+
+def run_stages(ctx: Context, stages: list[Stage] | None = None) -> list[SummaryRow]:
     summary: list[SummaryRow] = []
-    for spec in stages or STAGES:
-        module, attr = spec.split(":")
-        stage = getattr(importlib.import_module(module), attr)
+    for stage in stages or all_stages():
         summary.extend(stage(ctx))
     return summary
 

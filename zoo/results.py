@@ -11,7 +11,6 @@ being one seed with no spread.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.errors import ZooError
+from zoo.fileset import read_json
 
 CARDS_DIRNAME = "MODEL_CARDS"
 RESULTS_DIRNAME = "results"
@@ -28,12 +28,16 @@ BEATS_RULE = ("a mean beats random init when it exceeds the random-init mean by 
               "over the seeds: value - random init > 2 x max(std, random-init std)")
 
 
-def default_cards_dir() -> Path:
-    """``MODEL_CARDS`` of the source tree this ``zoo`` comes from, else of the working directory."""
+def source_cards_dir() -> Path | None:
+    """``MODEL_CARDS`` of the source tree this ``zoo`` comes from; None for an installed package."""
     root = Path(__file__).resolve().parents[1]
-    if (root / "pyproject.toml").is_file():
-        return root / CARDS_DIRNAME
-    return Path.cwd() / CARDS_DIRNAME
+    return root / CARDS_DIRNAME if (root / "pyproject.toml").is_file() else None
+
+
+def default_cards_dir() -> Path:
+    """What the card and results commands read by default: ``source_cards_dir()``, else the
+    working directory's ``MODEL_CARDS`` (saving a checkpoint never falls back to it)."""
+    return source_cards_dir() or Path.cwd() / CARDS_DIRNAME
 
 
 def results_path(name: str, cards_dir: str | os.PathLike | None = None) -> Path:
@@ -45,10 +49,7 @@ def load_results(name: str, cards_dir: str | os.PathLike | None = None) -> dict[
     path = results_path(name, cards_dir)
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ZooError(f"{path} is not valid JSON ({err}); fix it or re-record it with `zoo eval ... --record`") from None
+    data = read_json(path, ZooError, "fix it or re-record it with `zoo eval ... --record`")
     if not isinstance(data, dict) or data.get("model") != name:
         raise ZooError(f"{path} must be an object with \"model\": {name!r}")
     problem = _problem(data)

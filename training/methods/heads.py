@@ -5,22 +5,14 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn import functional as F
 
-from zoo.inspect import layer_shapes
-
-
-def feature_dim(backbone: nn.Module) -> int:
-    """Channels of the backbone's deepest feature layer (the size of its pooled embedding)."""
-    return layer_shapes(backbone, backbone.entry.input)[backbone.feature_layers[-1]][0]
+from training.features import deepest_feature_dim as feature_dim  # noqa: F401  (the heads' input size)
+from training.features import deepest_features
 
 
 def pooled_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Global average pool of the deepest feature layer: the representation h the heads read."""
-    if x.dim() == 4 and x.device.type == "cpu":
-        x = x.contiguous(memory_format=torch.channels_last)  # faster CPU convolutions, same numbers
-    f = backbone(x)
-    return F.adaptive_avg_pool2d(f, 1).flatten(1) if f.dim() == 4 else f
+    """The representation h the heads read: ``deepest_features`` on channels-last input."""
+    return deepest_features(backbone, x, channels_last=True)
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2) -> nn.Sequential:

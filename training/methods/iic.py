@@ -18,12 +18,10 @@ Each image is paired with ``repeats`` differently transformed copies of itself (
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from training.clustering import deepest_feature_dim, deepest_features
 from training.data import DataError, limit_dataset, open_dataset

@@ -18,10 +18,9 @@ import functools
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
 from zoo.backbones.base import LUMA_BT601, Sobel
-from zoo.backbones.resnet import _StagedResNet
+from zoo.backbones.resnet import _StagedResNet, add_basic_block_stages
 
 _BLOCKS = (3, 4, 6, 3)
 _WIDTHS = (64, 128, 256, 512)
@@ -38,17 +37,7 @@ class IICNet5g(_StagedResNet):
         self.bn1 = norm(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=2, stride=2, padding=1)
-        cin = 64
-        for i, (width, n) in enumerate(zip(_WIDTHS, _BLOCKS), start=1):
-            stride = 1 if i == 1 else 2
-            layer = []
-            for j in range(n):
-                down = None
-                if j == 0 and (stride != 1 or cin != width):
-                    down = nn.Sequential(nn.Conv2d(cin, width, 1, stride=stride, bias=False), norm(width))
-                layer.append(BasicBlock(cin, width, stride=stride if j == 0 else 1, downsample=down, norm_layer=norm))
-                cin = width
-            setattr(self, f"layer{i}", nn.Sequential(*layer))
+        add_basic_block_stages(self, 64, _WIDTHS, _BLOCKS, norm)
 
     def front_end(self, rgb: torch.Tensor) -> torch.Tensor:
         gradients = self.sobel(rgb)

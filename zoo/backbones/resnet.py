@@ -24,6 +24,23 @@ _DEPTHS = {
 }
 
 
+def add_basic_block_stages(module: nn.Module, cin: int, widths: Sequence[int], blocks: Sequence[int],
+                           norm=nn.BatchNorm2d) -> None:
+    """``layer1``, ``layer2``, ... of torchvision BasicBlocks on ``module`` (torchvision's keys): stride 2
+    from the second stage on, a 1x1 conv + ``norm`` shortcut wherever the shape changes."""
+    for i, (width, n) in enumerate(zip(widths, blocks), start=1):
+        stride = 1 if i == 1 else 2
+        layer = []
+        for j in range(n):
+            down = None
+            if j == 0 and (stride != 1 or cin != width):
+                down = nn.Sequential(nn.Conv2d(cin, width, 1, stride=stride, bias=False), norm(width))
+            layer.append(tv_resnet.BasicBlock(cin, width, stride=stride if j == 0 else 1, downsample=down,
+                                              norm_layer=norm))
+            cin = width
+        setattr(module, f"layer{i}", nn.Sequential(*layer))
+
+
 class _StagedResNet(Backbone):
     """Feature stages shared by the ImageNet and the 32x32 ResNets."""
 
@@ -94,17 +111,7 @@ class SmallResNet(_StagedResNet):
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.Identity()
-        cin = widths[0]
-        for i, (width, n) in enumerate(zip(widths, blocks), start=1):
-            stride = 1 if i == 1 else 2
-            layer = []
-            for j in range(n):
-                down = None
-                if j == 0 and (stride != 1 or cin != width):
-                    down = nn.Sequential(nn.Conv2d(cin, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width))
-                layer.append(tv_resnet.BasicBlock(cin, width, stride=stride if j == 0 else 1, downsample=down))
-                cin = width
-            setattr(self, f"layer{i}", nn.Sequential(*layer))
+        add_basic_block_stages(self, widths[0], widths, blocks)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Identity()
         for m in self.modules():

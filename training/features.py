@@ -1,0 +1,32 @@
+"""The representation the methods train on: the backbone's deepest feature layer, pooled.
+
+One helper for every method: the pooled features (heads, pseudo-labels, cluster assignments read
+them) and their size (the width of the first layer that reads them).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from zoo.inspect import layer_shapes
+
+
+def deepest_feature_dim(backbone: nn.Module) -> int:
+    """Channels of the backbone's deepest feature layer (the size of its pooled embedding)."""
+    return layer_shapes(backbone, backbone.entry.input)[backbone.feature_layers[-1]][0]
+
+
+def deepest_features(backbone: nn.Module, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """The backbone's deepest feature layer, globally average-pooled when it is a feature map.
+
+    AlexNet and VGG end in fc7 (after its ReLU, where DeepCluster puts its top layer); conv
+    networks end in a feature map, pooled to one vector per image as ResNet classifiers do.
+    ``channels_last`` runs CPU convolutions on channels-last input, which is faster (the embedding
+    methods use it; the clustering methods do not, and switching would change their float rounding).
+    """
+    if channels_last and x.dim() == 4 and x.device.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+    f = backbone(x)
+    return F.adaptive_avg_pool2d(f, 1).flatten(1) if f.dim() == 4 else f
