@@ -1,6 +1,7 @@
 """Recipes: small typed configs, one per (method, scale), defined next to the method they train.
 
-A method module holds ``RECIPES = {"paper": Recipe(...), "small": Recipe(...), ...}``:
+A method module holds ``RECIPES = method_recipes(__name__, {"paper": Recipe(...), "small": Recipe(...), ...})``,
+which names each recipe by its key and the method by the module:
 
 * ``paper``: the published hyperparameters (data, epochs, batch, optimiser, schedule,
   augmentation), meant for ``torchrun`` on a GPU cluster;
@@ -75,7 +76,7 @@ IMAGENET_HINT = ("ImageNet-1k as an ImageFolder tree: --data /path/to/imagenet (
                  "or --data /path/to/imagenet/train")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Recipe:
     """Everything one training run depends on.
 
@@ -84,8 +85,8 @@ class Recipe:
     ``batch_size / (world_size * accumulate)`` images per forward pass.
     """
 
-    method: str
-    name: str
+    method: str = ""                # set by method_recipes: the method module's name
+    name: str = ""                  # set by method_recipes: the recipe's key
     model: str                      # registry name of the backbone
     epochs: int
     batch_size: int
@@ -129,3 +130,11 @@ class Recipe:
                              f"x {self.accumulate} accumulation step(s); pick a multiple of "
                              f"{world_size * self.accumulate}")
         return per
+
+
+def method_recipes(module: str, recipes: Mapping[str, Recipe]) -> dict[str, Recipe]:
+    """A method module's ``RECIPES``: each recipe named by its key, and for the method the
+    module's own name (``method_recipes(__name__, {...})`` in ``training/methods/rotnet.py``
+    gives method "rotnet"), so that the name is written nowhere else."""
+    method = module.rpartition(".")[2]
+    return {name: dataclasses.replace(recipe, method=method, name=name) for name, recipe in recipes.items()}

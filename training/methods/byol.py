@@ -21,7 +21,7 @@ from training.engine import FitContext, Method
 from training.methods.heads import feature_dim, mlp, pooled_features
 from training.methods.simclr import lars_parameter_groups
 from training.methods.views import ViewRecipe, Views
-from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule
+from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule, method_recipes
 from zoo.registry import create_model
 
 
@@ -69,7 +69,6 @@ class BYOLOptions:
 
 
 class BYOL(Method):
-    name = "byol"
 
     def __init__(self, recipe: Recipe):
         super().__init__(recipe)
@@ -106,14 +105,14 @@ class BYOL(Method):
 
 METHOD = BYOL
 
-RECIPES = {
+RECIPES = method_recipes(__name__, {
     # Grill et al. 2020, Sec. 3.3 and Appendix B/C: batch 4096, LARS with lr 0.2 x batch/256 = 3.2,
     # weight decay 1.5e-6, biases and BN excluded from LARS and decay, 10 warm-up epochs then
     # cosine decay, 1000 epochs; projector and predictor 4096-256; tau_base 0.996 raised to 1 along
     # a cosine; the asymmetric view pair (blur p 1.0 / 0.1, solarise p 0 / 0.2; colour jitter 0.4,
     # 0.4, 0.2 with p 0.8, greyscale p 0.2). Not reproduced: hue jitter (0.1).
     "paper": Recipe(
-        method="byol", name="paper", model="byol_resnet50", epochs=1000, batch_size=4096,
+        model="byol_resnet50", epochs=1000, batch_size=4096,
         optimizer=Optimizer("lars", lr=3.2, momentum=0.9, weight_decay=1.5e-6),
         schedule=Schedule("cosine", warmup_epochs=10), data=None, data_hint=IMAGENET_HINT, workers=8,
         checkpoint_every=1000, log_every=50, options=BYOLOptions(),
@@ -124,7 +123,7 @@ RECIPES = {
     # 6 epochs (234 steps) beat random init on kNN (71.5 vs 66.5) but not on the linear probe
     # (87.0 vs 87.0 at the best layers): BYOL needs more steps than SimCLR, so 12 epochs.
     "small": Recipe(
-        method="byol", name="small", model="byol_resnet_small_fmnist", epochs=12, batch_size=256,
+        model="byol_resnet_small_fmnist", epochs=12, batch_size=256,
         optimizer=Optimizer("sgd", lr=0.2, momentum=0.9, weight_decay=5e-4),
         schedule=Schedule("cosine", warmup_epochs=0.1), data="fmnist", limit=10_000, precision="bf16",
         checkpoint_every=20, log_every=5,
@@ -135,7 +134,7 @@ RECIPES = {
         source="Grill et al. 2020, scaled down",
     ),
     "tiny": Recipe(
-        method="byol", name="tiny", model="byol_resnet_small_fmnist", epochs=1, batch_size=32,
+        model="byol_resnet_small_fmnist", epochs=1, batch_size=32,
         optimizer=Optimizer("sgd", lr=0.1, momentum=0.9, weight_decay=1e-4), data="fmnist", limit=256,
         checkpoint_every=4, log_every=1,
         options=BYOLOptions(hidden_dim=64, out_dim=32, base_decay=0.99,
@@ -143,4 +142,4 @@ RECIPES = {
                             view2=ViewRecipe(crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.0), grey_p=0.0, blur_p=0.0,
                                              solarize_p=0.2)),
     ),
-}
+})

@@ -21,7 +21,7 @@ from torch import nn
 from training.engine import Method
 from training.methods.heads import feature_dim, pooled_features
 from training.methods.views import ViewRecipe, colour_jitter, random_greyscale, random_resized_crop
-from training.recipes import Optimizer, Recipe, Schedule
+from training.recipes import Optimizer, Recipe, Schedule, method_recipes
 from training.transforms import to_rgb_float
 from zoo.preprocess import convert_and_normalise
 from zoo.registry import create_model
@@ -114,7 +114,6 @@ class CPCOptions:
 
 
 class CPC(Method):
-    name = "cpc"
 
     def __init__(self, recipe: Recipe):
         super().__init__(recipe)
@@ -159,7 +158,7 @@ class CPC(Method):
 
 METHOD = CPC
 
-RECIPES = {
+RECIPES = method_recipes(__name__, {
     # Henaff et al. 2020 and its appendix pseudocode: patches encoded on their own, a 5-block
     # PixelCNN-style context network (256 hidden channels), 64-d targets, predictions from
     # contexts in all four directions, InfoNCE against every patch of the batch, patch-based
@@ -167,7 +166,7 @@ RECIPES = {
     # Not reproduced: the paper's ResNet-161 with layer normalisation (the zoo's ResNet-50 with
     # BatchNorm stands in); the optimiser and schedule below are ours (Adam 4e-4, batch 512).
     "paper": Recipe(
-        method="cpc", name="paper", model="cpc_resnet50", epochs=200, batch_size=512,
+        model="cpc_resnet50", epochs=200, batch_size=512,
         optimizer=Optimizer("adam", lr=4e-4), schedule=Schedule("cosine", warmup_epochs=5), data=None,
         data_hint="ImageNet-1k as an ImageFolder tree: --data /path/to/imagenet", workers=8,
         checkpoint_every=1000, log_every=50, options=CPCOptions(),
@@ -176,7 +175,7 @@ RECIPES = {
     # S3L scale: Fashion-MNIST 32x32 grey: a 7 x 7 grid of 8-pixel patches every 4 pixels, each
     # encoded by the small ResNet; 10,000 images.
     "small": Recipe(
-        method="cpc", name="small", model="cpc_resnet_small_fmnist", epochs=2, batch_size=64,
+        model="cpc_resnet_small_fmnist", epochs=2, batch_size=64,
         optimizer=Optimizer("adam", lr=1e-3), schedule=Schedule("cosine", warmup_epochs=0.1), data="fmnist",
         limit=10_000, precision="bf16", checkpoint_every=20, log_every=5,
         options=CPCOptions(image_size=32, crop_scale=(0.6, 1.0), patch=8, stride=4, target_dim=32,
@@ -185,10 +184,10 @@ RECIPES = {
         source="Henaff et al. 2020, scaled down",
     ),
     "tiny": Recipe(
-        method="cpc", name="tiny", model="cpc_resnet_small_fmnist", epochs=1, batch_size=8,
+        model="cpc_resnet_small_fmnist", epochs=1, batch_size=8,
         optimizer=Optimizer("adam", lr=1e-3), data="fmnist", limit=32, checkpoint_every=4, log_every=1,
         options=CPCOptions(image_size=32, patch=8, stride=4, target_dim=16, context_hidden=16, context_blocks=2,
                            directions=2, patch_view=ViewRecipe(crop_scale=(1.0, 1.0), jitter=(0.4, 0.4, 0.0),
                                                                grey_p=0.0)),
     ),
-}
+})

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from training.clustering import deepest_feature_dim, deepest_features, kmeans, pca_whiten_l2, uniform_cluster_indices
 from training.engine import FitContext, Method
 from training.evaluation import nmi
-from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule
+from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule, method_recipes
 from training.transforms import eval_transform, resized_crop_flip, small_crop_flip
 from zoo.registry import create_model
 
@@ -52,7 +52,6 @@ class DeepClusterOptions:
 
 
 class DeepCluster(Method):
-    name = "deepcluster"
     data_sized_buffers = ("assignments", "previous")
 
     def __init__(self, recipe: Recipe):
@@ -132,13 +131,13 @@ class DeepCluster(Method):
 
 METHOD = DeepCluster
 
-RECIPES = {
+RECIPES = method_recipes(__name__, {
     # facebookresearch/deepcluster main.sh and the paper (section 4): AlexNet with Sobel, k = 10,000,
     # PCA 256 + whitening + L2, FAISS k-means with 20 iterations, re-clustering every epoch, SGD lr
     # 0.05 with momentum 0.9 and weight decay 1e-5, batch 256, constant rate, dropout, random-resized
     # 224 crops and flips; 500 epochs (the paper; main.py's default is 200); seed 31 (main.py).
     "paper": Recipe(
-        method="deepcluster", name="paper", model="deepcluster_alexnet", epochs=500, batch_size=256,
+        model="deepcluster_alexnet", epochs=500, batch_size=256,
         optimizer=Optimizer("sgd", lr=0.05, momentum=0.9, weight_decay=1e-5), schedule=Schedule("constant"),
         data=None, data_hint=IMAGENET_HINT, workers=12, seed=31, checkpoint_every=5000, keep_last=3, log_every=50,
         options=DeepClusterOptions(),
@@ -150,7 +149,7 @@ RECIPES = {
     # random crops after 4-pixel padding and flips (random-resized crops did worse here), batch 64
     # (DeepCluster needs many steps per clustering to fit the new labels), 8 epochs.
     "small": Recipe(
-        method="deepcluster", name="small", model="deepcluster_resnet_small_fmnist", epochs=8, batch_size=64,
+        model="deepcluster_resnet_small_fmnist", epochs=8, batch_size=64,
         optimizer=Optimizer("sgd", lr=0.05, momentum=0.9, weight_decay=1e-5), schedule=Schedule("constant"),
         data="fmnist", limit=15_000, checkpoint_every=100, log_every=10,
         options=DeepClusterOptions(clusters=100, pca_dim=32, augment="crop-flip"),
@@ -158,8 +157,8 @@ RECIPES = {
     ),
     # Seconds: for tests.
     "tiny": Recipe(
-        method="deepcluster", name="tiny", model="deepcluster_resnet_small_fmnist", epochs=2, batch_size=32,
+        model="deepcluster_resnet_small_fmnist", epochs=2, batch_size=32,
         optimizer=Optimizer("sgd", lr=0.05, momentum=0.9, weight_decay=1e-5), data="fmnist", limit=256,
         checkpoint_every=4, log_every=1, options=DeepClusterOptions(clusters=8, pca_dim=16, augment="crop-flip"),
     ),
-}
+})

@@ -27,7 +27,7 @@ from training.clustering import (deepest_feature_dim, deepest_features, kmeans, 
                                  uniform_cluster_indices)
 from training.engine import FitContext, Method
 from training.evaluation import nmi
-from training.recipes import Optimizer, Recipe, Schedule
+from training.recipes import Optimizer, Recipe, Schedule, method_recipes
 from training.transforms import eval_transform, resized_crop_flip, small_crop_flip
 from zoo.registry import create_model
 
@@ -93,7 +93,6 @@ class DeeperClusterOptions:
 
 
 class DeeperCluster(Method):
-    name = "deepercluster"
     data_sized_buffers = ("super_cluster", "sub_cluster")
 
     def __init__(self, recipe: Recipe):
@@ -184,13 +183,13 @@ class DeeperCluster(Method):
 
 METHOD = DeeperCluster
 
-RECIPES = {
+RECIPES = method_recipes(__name__, {
     # facebookresearch/DeeperCluster README and main.py: VGG-16-BN with Sobel on YFCC100M (96M images),
     # 64 GPUs x 48 images per step, SGD lr 0.1 with momentum 0.9 and weight decay 1e-5, 100 epochs,
     # 16 super-classes (4 super-clusters x 4 rotations), k = 320,000, PCA 4096, 10 k-means
     # iterations, re-clustering every 3 epochs; random-resized 224 crops and flips.
     "paper": Recipe(
-        method="deepercluster", name="paper", model="deepercluster_vgg16", epochs=100, batch_size=64 * 48,
+        model="deepercluster_vgg16", epochs=100, batch_size=64 * 48,
         optimizer=Optimizer("sgd", lr=0.1, momentum=0.9, weight_decay=1e-5), schedule=Schedule("constant"),
         data=None, data_hint="YFCC100M (or any large image collection) as an ImageFolder tree: --data /path/to/images",
         workers=10, checkpoint_every=1000, keep_last=3, log_every=50, options=DeeperClusterOptions(),
@@ -201,7 +200,7 @@ RECIPES = {
     # 128 features, random crops after 4-pixel padding and flips, re-clustered every 2 epochs,
     # 8 epochs, batch 64.
     "small": Recipe(
-        method="deepercluster", name="small", model="deepercluster_resnet_small_fmnist", epochs=8, batch_size=64,
+        model="deepercluster_resnet_small_fmnist", epochs=8, batch_size=64,
         optimizer=Optimizer("sgd", lr=0.05, momentum=0.9, weight_decay=1e-5), schedule=Schedule("constant"),
         data="fmnist", limit=15_000, checkpoint_every=100, log_every=10,
         options=DeeperClusterOptions(clusters=100, super_clusters=2, pca_dim=32, reassign_every=2,
@@ -210,9 +209,9 @@ RECIPES = {
     ),
     # Seconds: for tests.
     "tiny": Recipe(
-        method="deepercluster", name="tiny", model="deepercluster_resnet_small_fmnist", epochs=2, batch_size=32,
+        model="deepercluster_resnet_small_fmnist", epochs=2, batch_size=32,
         optimizer=Optimizer("sgd", lr=0.05, momentum=0.9, weight_decay=1e-5), data="fmnist", limit=256,
         checkpoint_every=4, log_every=1,
         options=DeeperClusterOptions(clusters=8, super_clusters=2, pca_dim=16, reassign_every=1, augment="crop-flip"),
     ),
-}
+})

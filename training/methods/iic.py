@@ -29,7 +29,7 @@ from training.clustering import deepest_feature_dim, deepest_features
 from training.data import DataError, limit_dataset, open_dataset
 from training.engine import FitContext, Method
 from training.evaluation import hungarian_accuracy, nmi
-from training.recipes import Optimizer, Recipe, Schedule
+from training.recipes import Optimizer, Recipe, Schedule, method_recipes
 from training.transforms import eval_transform, normalise, random_hflip, resize_shorter, to_rgb_float
 from zoo.preprocess import resize_and_crop
 from zoo.registry import create_model
@@ -126,7 +126,6 @@ class IICOptions:
 
 
 class IIC(Method):
-    name = "iic"
 
     def __init__(self, recipe: Recipe):
         super().__init__(recipe)
@@ -195,7 +194,7 @@ class IIC(Method):
 
 METHOD = IIC
 
-RECIPES = {
+RECIPES = method_recipes(__name__, {
     # The released STL-10 model (xu-ji/IIC examples/commands.txt, model 569; registry iic_net5g):
     # ClusterNet5g on Sobel gradients, over-clustering head 70 and main head 10, 5 sub-heads,
     # 5 data repeats of 140 images (700 pairs per step), Adam lr 1e-4, lambda 1, 2,000 epochs each
@@ -203,7 +202,7 @@ RECIPES = {
     # and unlabelled images (mix_train); originals and copies are random 64-pixel crops of the
     # 96-pixel images, copies also flipped and colour-jittered (0.4, 0.4, 0.4, hue 0.125).
     "paper": Recipe(
-        method="iic", name="paper", model="iic_net5g", epochs=2000 * 2, batch_size=140,
+        model="iic_net5g", epochs=2000 * 2, batch_size=140,
         optimizer=Optimizer("adam", lr=1e-4), schedule=Schedule("constant"),
         data=None, data_hint="STL-10 train + unlabelled images as an ImageFolder tree: --data /path/to/stl10",
         checkpoint_every=1000, log_every=50, workers=5,
@@ -218,7 +217,7 @@ RECIPES = {
     # at every step, 10 epochs, Adam at 1e-3 for the short run. Milder crops of 24/28/32 clustered
     # worse (seed 0: main head NMI 39.2 vs 44.0, Hungarian 36.6 vs 43.7 %; k-means NMI 43.6 vs 47.7).
     "small": Recipe(
-        method="iic", name="small", model="iic_resnet_small_fmnist", epochs=10, batch_size=128,
+        model="iic_resnet_small_fmnist", epochs=10, batch_size=128,
         optimizer=Optimizer("adam", lr=1e-3), schedule=Schedule("constant"), data="fmnist", limit=10_000,
         heldout_limit=10_000, checkpoint_every=100, log_every=10,
         options=IICOptions(classes=10, overclusters=50, repeats=1, head_cycle=("both",)),
@@ -226,9 +225,9 @@ RECIPES = {
     ),
     # Seconds: for tests.
     "tiny": Recipe(
-        method="iic", name="tiny", model="iic_resnet_small_fmnist", epochs=2, batch_size=32,
+        model="iic_resnet_small_fmnist", epochs=2, batch_size=32,
         optimizer=Optimizer("adam", lr=1e-3), data="fmnist", limit=256, heldout_limit=256, checkpoint_every=4,
         log_every=1, options=IICOptions(classes=10, overclusters=20, sub_heads=2, repeats=1,
                                         head_cycle=("overcluster", "main")),
     ),
-}
+})

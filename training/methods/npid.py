@@ -20,7 +20,7 @@ from torch import nn
 from training.engine import FitContext, Method
 from training.methods.heads import feature_dim, pooled_features
 from training.methods.views import ViewRecipe, Views
-from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule
+from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule, method_recipes
 from zoo.registry import create_model
 
 
@@ -152,7 +152,6 @@ class NPIDOptions:
 
 
 class NPID(Method):
-    name = "npid"
 
     def __init__(self, recipe: Recipe):
         super().__init__(recipe)
@@ -197,14 +196,14 @@ class NPID(Method):
 
 METHOD = NPID
 
-RECIPES = {
+RECIPES = method_recipes(__name__, {
     # zhirongw/lemniscate.pytorch main.py (the released ImageNet models): ResNet-50 with a 128-d
     # fc embedding, batch 256, SGD lr 0.03 momentum 0.9 weight decay 1e-4, 200 epochs with the lr
     # divided by 10 at epochs 120 and 160; NCE with 4096 noise samples, T = 0.07, memory momentum
     # 0.5; random-resized crops of 20-100 % of the area, greyscale p 0.2, colour jitter 0.4
     # (brightness, contrast, saturation; hue 0.4 is not reproduced), horizontal flips.
     "paper": Recipe(
-        method="npid", name="paper", model="npid_resnet50", epochs=200, batch_size=256,
+        model="npid_resnet50", epochs=200, batch_size=256,
         optimizer=Optimizer("sgd", lr=0.03, momentum=0.9, weight_decay=1e-4),
         schedule=Schedule("step", milestones=(120, 160), gamma=0.1), data=None, data_hint=IMAGENET_HINT,
         workers=8, checkpoint_every=1000, log_every=50, options=NPIDOptions(),
@@ -217,7 +216,7 @@ RECIPES = {
     # 3,000 images x 10 epochs (230 steps, about a minute) beat random init on kNN (68.5 vs 66.5)
     # but not on the linear probe (86.9 vs 87.0): too few steps, so 10,000 images (780 steps).
     "small": Recipe(
-        method="npid", name="small", model="npid_resnet_small_fmnist", epochs=10, batch_size=128,
+        model="npid_resnet_small_fmnist", epochs=10, batch_size=128,
         optimizer=Optimizer("sgd", lr=0.03, momentum=0.9, weight_decay=5e-4),
         schedule=Schedule("cosine", warmup_epochs=0.1), data="fmnist", limit=10_000, precision="bf16",
         checkpoint_every=20, log_every=5,
@@ -226,10 +225,10 @@ RECIPES = {
         source="zhirongw/lemniscate.pytorch cifar.py (T 0.1, wd 5e-4, full softmax), scaled down",
     ),
     "tiny": Recipe(
-        method="npid", name="tiny", model="npid_resnet_small_fmnist", epochs=1, batch_size=32,
+        model="npid_resnet_small_fmnist", epochs=1, batch_size=32,
         optimizer=Optimizer("sgd", lr=0.03, momentum=0.9, weight_decay=5e-4), data="fmnist", limit=256,
         checkpoint_every=4, log_every=1,
         options=NPIDOptions(embedding_dim=32, negatives=64, bank_init="features", batched_views=True, view=ViewRecipe(
             crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.0), grey_p=0.0, blur_p=0.0)),
     ),
-}
+})

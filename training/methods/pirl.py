@@ -22,7 +22,7 @@ from training.methods.npid import (MemoryBank, fill_memory_bank, gather_from_ran
                                    nce_loss, nce_normaliser)
 from training.methods.views import (ViewRecipe, colour_jitter, random_greyscale, random_resized_crop,
                                     view_transform)
-from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule
+from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule, method_recipes
 from training.transforms import to_rgb_float
 from zoo.preprocess import convert_and_normalise
 from zoo.registry import create_model
@@ -82,7 +82,6 @@ class PIRLOptions:
 
 
 class PIRL(Method):
-    name = "pirl"
 
     def __init__(self, recipe: Recipe):
         super().__init__(recipe)
@@ -146,7 +145,7 @@ class PIRL(Method):
 
 METHOD = PIRL
 
-RECIPES = {
+RECIPES = method_recipes(__name__, {
     # VISSL configs/config/pretrain/pirl/pirl_jigsaw_4node_resnet50.yaml with epochs_200.yaml (the
     # release with 62.9 % linear top-1): ResNet-50, batch 32 x 32 GPUs = 1024, SGD momentum 0.9,
     # weight decay 1e-4 (not on BN and biases), lr 0.12 (0.03 x 1024/256) cosine to 0.00012, 200
@@ -155,7 +154,7 @@ RECIPES = {
     # jigsaw (64-pixel patches with jitter, shuffled); colour jitter 0.4 and greyscale 0.2 on the
     # image and each patch; flips. Not reproduced: hue jitter and VISSL's extra photometric step.
     "paper": Recipe(
-        method="pirl", name="paper", model="pirl_resnet50", epochs=200, batch_size=1024,
+        model="pirl_resnet50", epochs=200, batch_size=1024,
         optimizer=Optimizer("sgd", lr=0.12, momentum=0.9, weight_decay=1e-4),
         schedule=Schedule("cosine", final_fraction=0.001), data=None, data_hint=IMAGENET_HINT, workers=8,
         checkpoint_every=1000, log_every=50, options=PIRLOptions(),
@@ -168,7 +167,7 @@ RECIPES = {
     # and copy-detection mAP 51.0 instead of 44.0; the linear probe stayed within noise of random
     # init either way (87.15 and 87.34 vs 87.02).
     "small": Recipe(
-        method="pirl", name="small", model="pirl_resnet_small_fmnist", epochs=10, batch_size=128,
+        model="pirl_resnet_small_fmnist", epochs=10, batch_size=128,
         optimizer=Optimizer("sgd", lr=0.03, momentum=0.9, weight_decay=5e-4),
         schedule=Schedule("cosine", warmup_epochs=0.1), data="fmnist", limit=10_000, precision="bf16",
         checkpoint_every=20, log_every=5,
@@ -177,10 +176,10 @@ RECIPES = {
         source="facebookresearch/vissl PIRL configs, scaled down",
     ),
     "tiny": Recipe(
-        method="pirl", name="tiny", model="pirl_resnet_small_fmnist", epochs=1, batch_size=16,
+        model="pirl_resnet_small_fmnist", epochs=1, batch_size=16,
         optimizer=Optimizer("sgd", lr=0.03, momentum=0.9, weight_decay=1e-4), data="fmnist", limit=64,
         checkpoint_every=4, log_every=1,
         options=PIRLOptions(embedding_dim=32, negatives=16, patch_crop=30, view=ViewRecipe(
             crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.0), grey_p=0.0)),
     ),
-}
+})

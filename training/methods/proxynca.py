@@ -16,7 +16,7 @@ from torch import nn
 from training.engine import Method
 from training.methods.heads import feature_dim, pooled_features
 from training.methods.views import ViewRecipe, Views
-from training.recipes import Optimizer, Recipe, Schedule
+from training.recipes import Optimizer, Recipe, Schedule, method_recipes
 from zoo.registry import create_model
 
 
@@ -47,7 +47,6 @@ class ProxyNCAOptions:
 
 
 class ProxyNCA(Method):
-    name = "proxynca"
 
     def __init__(self, recipe: Recipe):
         super().__init__(recipe)
@@ -77,14 +76,14 @@ class ProxyNCA(Method):
 
 METHOD = ProxyNCA
 
-RECIPES = {
+RECIPES = method_recipes(__name__, {
     # Movshovitz-Attias et al. 2017: zero-shot retrieval on CUB-200-2011 (train on classes 1-100,
     # retrieve among classes 101-200), one proxy per class, 64-d embedding, batch 32, random crops
     # and flips of an ImageNet-pretrained network (Inception with BatchNorm; the zoo's nearest is
     # ResNet-50). The paper trains with RMSprop; its exact learning rates are not in the sources
     # we could read, so the optimiser below (Adam 1e-4, proxies x 100) is ours, not the paper's.
     "paper": Recipe(
-        method="proxynca", name="paper", model="proxynca_resnet50", model_kwargs={"num_classes": None},
+        model="proxynca_resnet50", model_kwargs={"num_classes": None},
         epochs=50, batch_size=32, optimizer=Optimizer("adam", lr=1e-4, weight_decay=0.0),
         schedule=Schedule("constant"), data=None,
         data_hint="the 100 training classes of CUB-200-2011 as an ImageFolder tree: --data /path/to/cub_train",
@@ -101,7 +100,7 @@ RECIPES = {
     # the distortions the copies are made of (zoo.retrieval). With these views 2 epochs (156
     # steps) beat random init on kNN and mAP but not on the linear probe (86.9 vs 87.0), so 6.
     "small": Recipe(
-        method="proxynca", name="small", model="proxynca_resnet_small_fmnist", epochs=6, batch_size=128,
+        model="proxynca_resnet_small_fmnist", epochs=6, batch_size=128,
         optimizer=Optimizer("adam", lr=1e-3, weight_decay=0.0), schedule=Schedule("cosine", warmup_epochs=0.1),
         data="fmnist", limit=10_000, precision="bf16", checkpoint_every=20, log_every=5,
         options=ProxyNCAOptions(num_classes=10, scale=3.0, proxy_lr_scale=10.0, batched_views=True,
@@ -110,9 +109,9 @@ RECIPES = {
         source="Movshovitz-Attias et al. 2017, scaled down",
     ),
     "tiny": Recipe(
-        method="proxynca", name="tiny", model="proxynca_resnet_small_fmnist", epochs=1, batch_size=16,
+        model="proxynca_resnet_small_fmnist", epochs=1, batch_size=16,
         optimizer=Optimizer("adam", lr=1e-3), data="fmnist", limit=64, checkpoint_every=4, log_every=1,
         options=ProxyNCAOptions(num_classes=10, embedding_dim=16, scale=3.0,
                                 view=ViewRecipe(crop_scale=(0.3, 1.0), jitter_p=0.0, grey_p=0.0)),
     ),
-}
+})

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from training.data import DataError, limit_dataset, open_dataset
 from training.engine import FitContext, Method
-from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule
+from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule, method_recipes
 from training.transforms import eval_transform, resized_crop_flip, rotate_batch, small_crop_flip
 from zoo.inspect import layer_shapes
 from zoo.registry import create_model
@@ -32,7 +32,6 @@ class RotNetOptions:
 
 
 class RotNet(Method):
-    name = "rotnet"
 
     def __init__(self, recipe: Recipe):
         super().__init__(recipe)
@@ -90,14 +89,14 @@ def _official_init(module: nn.Module) -> None:
 
 METHOD = RotNet
 
-RECIPES = {
+RECIPES = method_recipes(__name__, {
     # The official configuration that produced the released AlexNet (config/ImageNet_RotNet_AlexNet.py
     # in gidariss/FeatureLearningRotNet, model_net_epoch50): 192 images per batch, each in all 4
     # rotations (768 inputs); SGD with Nesterov momentum 0.9 and weight decay 5e-4; its learning-rate
     # table gives 0.01 for epochs 0-14, 0.001 for 15-29, 1e-4 for 30-44, 1e-5 for 45-49; random-resized
     # 224 crops and horizontal flips.
     "paper": Recipe(
-        method="rotnet", name="paper", model="rotnet_alexnet", epochs=50, batch_size=192,
+        model="rotnet_alexnet", epochs=50, batch_size=192,
         optimizer=Optimizer("sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True),
         schedule=Schedule("step", milestones=(15, 30, 45), gamma=0.1),
         data=None, data_hint=IMAGENET_HINT, workers=8, checkpoint_every=1000, keep_last=3, log_every=50,
@@ -108,7 +107,7 @@ RECIPES = {
     # rotnet_nin_fmnist), a fixed 12,800-image subset, 2 epochs of 200 steps; the CIFAR recipe's
     # optimiser (SGD 0.1, Nesterov, wd 5e-4, x0.2 steps) compressed into those epochs.
     "small": Recipe(
-        method="rotnet", name="small", model="rotnet_nin_fmnist", epochs=2, batch_size=64,
+        model="rotnet_nin_fmnist", epochs=2, batch_size=64,
         optimizer=Optimizer("sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True),
         schedule=Schedule("step", milestones=(1.2, 1.7), gamma=0.2, warmup_epochs=0.1),
         data="fmnist", limit=12_800, heldout_limit=2_000, checkpoint_every=50, log_every=10,
@@ -118,9 +117,9 @@ RECIPES = {
     ),
     # Seconds: for tests and `zoo quickstart --fast`.
     "tiny": Recipe(
-        method="rotnet", name="tiny", model="rotnet_nin_fmnist", model_kwargs={"width": 16}, epochs=1,
+        model="rotnet_nin_fmnist", model_kwargs={"width": 16}, epochs=1,
         batch_size=32, optimizer=Optimizer("sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True),
         schedule=Schedule("constant"), data="fmnist", limit=512, heldout_limit=256, checkpoint_every=4,
         log_every=1, options=RotNetOptions(),
     ),
-}
+})

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from training.clustering import deepest_feature_dim, deepest_features
 from training.engine import FitContext, Method
 from training.evaluation import nmi
-from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule
+from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule, method_recipes
 from training.transforms import eval_transform, normalise, random_hflip, small_crop_flip, to_rgb_float
 from zoo.registry import create_model
 
@@ -116,7 +116,6 @@ def sela_augment(spec, crop_scale=(0.08, 1.0)):
 
 
 class SeLa(Method):
-    name = "sela"
     data_sized_buffers = ("labels",)
 
     def __init__(self, recipe: Recipe):
@@ -193,16 +192,16 @@ METHOD = SeLa
 # momentum 0.9 and weight decay 1e-5, lr x0.1 at epochs 150 and 300 and 1e-3 x lr from 350 on,
 # "augs 3" augmentation.
 _PAPER = dict(
-    method="sela", name="paper", epochs=400, batch_size=256,
+    epochs=400, batch_size=256,
     optimizer=Optimizer("sgd", lr=0.05, momentum=0.9, weight_decay=1e-5),
     schedule=Schedule("step", milestones=(150, 300, 350), gamma=0.1),
     data=None, data_hint=IMAGENET_HINT, workers=24, seed=42, checkpoint_every=5000, keep_last=3, log_every=50,
     options=SeLaOptions(), source="yukimasano/self-label main.py, scripts/alexnet.sh and scripts/resnet.sh",
 )
 
-RECIPES = {
+RECIPES = method_recipes(__name__, {
     "paper": Recipe(model="sela_alexnet", **_PAPER),
-    "paper-resnet50": Recipe(**{**_PAPER, "name": "paper-resnet50"}, model="sela_resnet50"),
+    "paper-resnet50": Recipe(model="sela_resnet50", **_PAPER),
     # S3L scale: Fashion-MNIST 32x32 grey, the small ResNet of the clustering recipes, 15,000
     # images, 10 heads of 100 clusters (10x the classes), 10 label updates over 8 epochs, batch 64,
     # the rate divided by 10 for the last two epochs. Lambda 10, weight decay 5e-4 and the "augs 3"
@@ -212,7 +211,7 @@ RECIPES = {
     # towards content; with crop-flip, lambda 25 and wd 1e-5 the small run's kNN stayed at the
     # random-init level (65.7 vs 66.5).
     "small": Recipe(
-        method="sela", name="small", model="sela_resnet_small_fmnist", epochs=8, batch_size=64,
+        model="sela_resnet_small_fmnist", epochs=8, batch_size=64,
         optimizer=Optimizer("sgd", lr=0.05, momentum=0.9, weight_decay=5e-4),
         schedule=Schedule("step", milestones=(6,), gamma=0.1),
         data="fmnist", limit=15_000, checkpoint_every=100, log_every=10,
@@ -222,8 +221,8 @@ RECIPES = {
     ),
     # Seconds: for tests.
     "tiny": Recipe(
-        method="sela", name="tiny", model="sela_resnet_small_fmnist", epochs=2, batch_size=32,
+        model="sela_resnet_small_fmnist", epochs=2, batch_size=32,
         optimizer=Optimizer("sgd", lr=0.05, momentum=0.9, weight_decay=1e-5), data="fmnist", limit=256,
         checkpoint_every=4, log_every=1, options=SeLaOptions(heads=2, clusters=8, label_updates=4, augment="crop-flip"),
     ),
-}
+})

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from training.engine import Method
 from training.methods.heads import feature_dim, gather_with_grad, mlp, pooled_features
 from training.methods.views import ViewRecipe, Views
-from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule
+from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule, method_recipes
 from zoo.registry import create_model
 
 
@@ -51,7 +51,6 @@ class SimCLROptions:
 
 
 class SimCLR(Method):
-    name = "simclr"
 
     def __init__(self, recipe: Recipe):
         super().__init__(recipe)
@@ -90,7 +89,7 @@ def lars_parameter_groups(method: Method) -> list[dict]:
 
 METHOD = SimCLR
 
-RECIPES = {
+RECIPES = method_recipes(__name__, {
     # The paper (Sec. 2.3, B.1) and google-research/simclr: batch 4096, LARS with lr 0.3 x batch/256
     # = 4.8, weight decay 1e-6, 10 warm-up epochs then cosine decay; the released ResNet-50 (1x)
     # was trained for 1000 epochs; temperature 0.1 (the repository's ImageNet command); a 2-layer
@@ -98,7 +97,7 @@ RECIPES = {
     # (brightness, contrast, saturation 0.8 with p 0.8; greyscale p 0.2), blur with p 0.5.
     # Not reproduced: the hue jitter (0.2) and global (cross-device) BatchNorm.
     "paper": Recipe(
-        method="simclr", name="paper", model="simclr_resnet50", epochs=1000, batch_size=4096,
+        model="simclr_resnet50", epochs=1000, batch_size=4096,
         optimizer=Optimizer("lars", lr=4.8, momentum=0.9, weight_decay=1e-6),
         schedule=Schedule("cosine", warmup_epochs=10), data=None, data_hint=IMAGENET_HINT, workers=8,
         checkpoint_every=1000, log_every=50, options=SimCLROptions(),
@@ -108,7 +107,7 @@ RECIPES = {
     # stage, 10,000 images for 8 epochs. Grey images: no saturation jitter, greyscale or blur; the
     # CIFAR command of the official repository (no blur, weaker colour jitter, temperature 0.5).
     "small": Recipe(
-        method="simclr", name="small", model="simclr_resnet_small_fmnist", epochs=8, batch_size=256,
+        model="simclr_resnet_small_fmnist", epochs=8, batch_size=256,
         optimizer=Optimizer("sgd", lr=0.3, momentum=0.9, weight_decay=5e-4),
         schedule=Schedule("cosine", warmup_epochs=0.1), data="fmnist", limit=10_000, precision="bf16",
         checkpoint_every=20, log_every=5,
@@ -118,10 +117,10 @@ RECIPES = {
     ),
     # Seconds: for tests.
     "tiny": Recipe(
-        method="simclr", name="tiny", model="simclr_resnet_small_fmnist", epochs=1, batch_size=32,
+        model="simclr_resnet_small_fmnist", epochs=1, batch_size=32,
         optimizer=Optimizer("sgd", lr=0.1, momentum=0.9, weight_decay=1e-4), data="fmnist", limit=256,
         checkpoint_every=4, log_every=1,
         options=SimCLROptions(temperature=0.5, hidden_dim=64, out_dim=32, batched_views=True, view=ViewRecipe(
             crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.0), grey_p=0.0, blur_p=0.0)),
     ),
-}
+})
