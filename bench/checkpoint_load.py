@@ -20,7 +20,7 @@ import torch
 
 import zoo
 from zoo.checkpoint import load_state_dict_strict, read_config, read_weights
-from zoo.hub import LocalHub, publish
+from zoo.hub import LocalHub
 
 
 def _median_seconds(fn, repeats: int) -> float:

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Iterator
 
-from zoo.checkpoint import CONFIG_NAME, load_checkpoint_folder, read_config, sha256_file
+from zoo.checkpoint import load_checkpoint_folder, read_config, sha256_file
 from zoo.errors import UsageError, WeightsError, WeightsNotAvailableError, ZooError
 from zoo.hub import LocalHub, Resolved
 

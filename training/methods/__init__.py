@@ -3,7 +3,7 @@
 A module of this package that defines ``METHOD`` (its ``training.engine.Method`` subclass) and
 ``RECIPES`` (``training.recipes.method_recipes``) is the method of the module's name:
 ``training/methods/rotnet.py`` is ``zoo train rotnet``. Other modules here (``common``,
-``heads``, ``views``) hold pieces the methods share. Adding a method is adding its file; its card
+``heads``, ``memory_bank``, ``views``) hold pieces the methods share. Adding a method is adding its file; its card
 facts (paper, pretext, whether it uses labels) are ``zoo.methods``' entry of the same name.
 
 ``ZOO_METHOD_PATH`` names more folders (separated like PATH) whose ``*.py`` files are methods by

@@ -30,7 +30,6 @@ import pickle
 import struct
 import sys
 import tarfile
-import types
 import warnings
 import zipfile
 from dataclasses import dataclass, field
