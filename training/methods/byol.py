@@ -69,7 +69,6 @@ class BYOLOptions:
 
 
 class BYOL(BackboneMethod, options=BYOLOptions):
-
     def build(self, o: BYOLOptions) -> None:
         self.projector = mlp(feature_dim(self.backbone), o.hidden_dim, o.out_dim)
         self.predictor = mlp(o.out_dim, o.hidden_dim, o.out_dim)

@@ -114,7 +114,6 @@ class CPCOptions:
 
 
 class CPC(BackboneMethod, options=CPCOptions):
-
     def build(self, o: CPCOptions) -> None:
         dim = feature_dim(self.backbone)
         self.to_target = nn.Conv2d(dim, o.target_dim, 1)

@@ -124,7 +124,6 @@ class IICOptions:
 
 
 class IIC(BackboneMethod, options=IICOptions):
-
     def build(self, o: IICOptions) -> None:
         dim = deepest_feature_dim(self.backbone)
         self.main_heads = nn.ModuleList(nn.Linear(dim, o.classes) for _ in range(o.sub_heads))

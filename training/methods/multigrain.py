@@ -124,7 +124,6 @@ class MultiGrainOptions:
 
 
 class MultiGrain(BackboneMethod, options=MultiGrainOptions):
-
     def build(self, o: MultiGrainOptions) -> None:
         if isinstance(getattr(self.backbone, "pool", None), GeM):
             # MultiGrain's own ResNet-50 layout (resnet50_gem): GeM is the backbone's last layer

@@ -40,7 +40,6 @@ class NPIDOptions:
 
 
 class NPID(BackboneMethod, options=NPIDOptions):
-
     def build(self, o: NPIDOptions) -> None:
         fc = getattr(self.backbone, "fc", None)
         # The released ResNets carry the 128-d embedding as the backbone's own fc layer.

@@ -82,7 +82,6 @@ class PIRLOptions:
 
 
 class PIRL(BackboneMethod, options=PIRLOptions):
-
     def build(self, o: PIRLOptions) -> None:
         dim = feature_dim(self.backbone)
         self.image_head = nn.Linear(dim, o.embedding_dim)                      # f

@@ -46,7 +46,6 @@ class ProxyNCAOptions:
 
 
 class ProxyNCA(BackboneMethod, options=ProxyNCAOptions):
-
     def build(self, o: ProxyNCAOptions) -> None:
         self.embedding = nn.Linear(feature_dim(self.backbone), o.embedding_dim)
         self.proxies = nn.Parameter(torch.randn(o.num_classes, o.embedding_dim) / o.embedding_dim ** 0.5)

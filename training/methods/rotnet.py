@@ -31,7 +31,6 @@ class RotNetOptions:
 
 
 class RotNet(BackboneMethod, options=RotNetOptions):
-
     def build(self, o: RotNetOptions) -> None:
         _official_init(self.backbone)
         deepest = layer_shapes(self.backbone, self.backbone.entry.input)[self.backbone.feature_layers[-1]]

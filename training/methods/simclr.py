@@ -51,7 +51,6 @@ class SimCLROptions:
 
 
 class SimCLR(BackboneMethod, options=SimCLROptions):
-
     def build(self, o: SimCLROptions) -> None:
         self.projector = mlp(feature_dim(self.backbone), o.hidden_dim, o.out_dim)
         self.views = Views(self.backbone.entry.input, [o.view] * 2, o.batched_views)
