@@ -10,8 +10,8 @@ from torch import nn
 from training.methods.byol import byol_loss, ema_update, normalized_mse_loss, target_decay
 from training.methods.cpc import RowCausalContext, info_nce_loss, patch_grid, spatial_info_nce
 from training.methods.multigrain import choose_test_exponent, distance_weighted_sampling, margin_loss
-from training.methods.npid import (MemoryBank, instance_softmax_loss, memory_bank_update, nce_loss,
-                                   nce_normaliser)
+from training.methods.memory_bank import (MemoryBank, instance_softmax_loss, memory_bank_update, nce_loss,
+                                          nce_normaliser)
 from training.methods.pirl import jigsaw_patches, pirl_loss
 from training.methods.proxynca import proxy_nca_loss
 from training.methods.simclr import nt_xent_loss

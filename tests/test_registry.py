@@ -54,10 +54,10 @@ def test_paper_results_need_the_url_they_were_read_at():
 
 
 def test_one_imagenet_linear_reference_per_trainable_method():
-    from training.methods import METHODS
+    from training.methods import method_names
     from zoo.registry import IMAGENET_LINEAR_REFERENCE
 
-    assert set(IMAGENET_LINEAR_REFERENCE) == set(METHODS)
+    assert set(IMAGENET_LINEAR_REFERENCE) == set(method_names())
     for method, ref in IMAGENET_LINEAR_REFERENCE.items():
         if ref.result is None:  # no number: one line saying why
             assert ref.reason and "\n" not in ref.reason, method
@@ -69,3 +69,23 @@ def test_one_imagenet_linear_reference_per_trainable_method():
     resnet50 = [m for m, ref in IMAGENET_LINEAR_REFERENCE.items() if ref.result and "ResNet-50" in ref.result.protocol]
     assert len(resnet50) >= 7  # one architecture across methods where the papers allow
     assert IMAGENET_LINEAR_REFERENCE["npid"].result.value == 54.99  # the converted release, not the "update" file
+
+
+def test_every_trainable_method_is_described_once_and_names_its_recipes():
+    """zoo.methods describes each method that training/methods/ holds (the cards read it); its
+    recipes carry the method's name and their own; a model trained by one of its recipes is that
+    recipe's model."""
+    from training.methods import get_recipe, method_module, method_names
+    from zoo.methods import list_methods, method_info
+    from zoo.registry import get_model_entry, list_models
+
+    assert set(method_names()) <= set(list_methods())
+    for name in method_names():
+        assert method_info(name).name == name and method_info(name).pretext
+        recipes = method_module(name).RECIPES
+        assert "tiny" in recipes and all((r.method, r.name) == (name, key) for key, r in recipes.items())
+    for model in list_models():
+        entry = get_model_entry(model)
+        if entry.recipe:
+            assert get_recipe(entry.method, entry.recipe).model == model
+    assert {m for m in list_methods() if method_info(m).uses_labels} == {"multigrain", "proxynca"}

@@ -1,6 +1,7 @@
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -172,9 +173,9 @@ for method in {methods!r}:
 
 
 def test_every_method_resumed_after_a_kill_mid_epoch_equals_an_uninterrupted_run(tmp_path):
-    from training.methods import METHODS
+    from training.methods import method_names
 
-    methods = sorted(METHODS)
+    methods = method_names()
     script = _TRAIN_ALL.format(methods=methods)
     log = open(tmp_path / "reference.log", "w")  # a file, not a pipe that could fill while we wait
     reference = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "whole")], cwd=ROOT, env=ONE_THREAD,
@@ -202,6 +203,27 @@ def test_every_method_resumed_after_a_kill_mid_epoch_equals_an_uninterrupted_run
         if bad:
             differ[method] = f"{len(bad)} of {len(a['method'])} tensors differ, e.g. {bad[0]}"
     assert differ == {}
+
+
+def test_a_copy_of_a_method_file_trains_under_its_own_name_from_the_method_path(tmp_path):
+    """Adding a method is adding one file: rotnet.py copied, as it is, into a ZOO_METHOD_PATH
+    folder as spin.py is the method "spin", and `zoo train spin --recipe tiny` trains it."""
+    from training.methods import METHOD_PATH_ENV, method_names
+
+    plugins = tmp_path / "methods"
+    plugins.mkdir()
+    shutil.copy(ROOT / "training" / "methods" / "rotnet.py", plugins / "spin.py")
+    out = tmp_path / "run"
+    res = run_zoo("train", "spin", "--recipe", "tiny", "--no-progress", "--out", str(out),
+                  env={**ONE_THREAD, METHOD_PATH_ENV: str(plugins)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "trained spin (tiny)" in res.stdout
+    training = json.loads((out / "model" / "config.json").read_text())["training"]
+    assert (training["method"], training["recipe"]) == ("spin", "tiny") and training["steps"] > 0
+    assert "rotation_acc" in training["metrics"]
+    assert "spin" not in method_names()  # this process has no method path
+    clash = run_zoo("train", "spin", "--recipe", "tiny", env={METHOD_PATH_ENV: str(ROOT / "training" / "methods")})
+    assert clash.returncode != 0 and "would replace the method" in clash.stderr
 
 
 def test_resume_skips_a_checkpoint_with_flipped_bytes_with_a_one_line_warning(tmp_path):

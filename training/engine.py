@@ -116,7 +116,6 @@ def take_saved_shapes(module: nn.Module, names: Sequence[str], state_dict: dict[
 class Method(nn.Module):
     """Base class of every method; see the module docstring for the contract."""
 
-    name: str = ""
     find_unused_parameters: bool = False  # DDP: set when some heads are not used every step
     data_sized_buffers: tuple[str, ...] = ()  # buffers shaped by the data; see the module docstring
 

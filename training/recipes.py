@@ -1,6 +1,7 @@
 """Recipes: small typed configs, one per (method, scale), defined next to the method they train.
 
-A method module holds ``RECIPES = {"paper": Recipe(...), "small": Recipe(...), ...}``:
+A method module holds ``RECIPES = method_recipes(__name__, {"paper": paper_recipe(...), ...})``,
+which names each recipe by its key and the method by the module:
 
 * ``paper``: the published hyperparameters (data, epochs, batch, optimiser, schedule,
   augmentation), meant for ``torchrun`` on a GPU cluster;
@@ -8,8 +9,9 @@ A method module holds ``RECIPES = {"paper": Recipe(...), "small": Recipe(...), .
   cores in under 10 minutes;
 * ``tiny``: seconds-scale settings for tests and ``zoo quickstart --fast``.
 
-There is no defaults file: everything a run depends on is in its ``Recipe`` and is written into
-the checkpoint's ``config.json``. Method-specific knobs live in a small frozen dataclass of the
+``paper_recipe``, ``small_recipe`` and ``tiny_recipe`` fill in what the recipes of one scale share;
+everything a run depends on is in its ``Recipe`` and is written into the checkpoint's
+``config.json``. Method-specific knobs live in a small frozen dataclass of the
 method's own, set as ``Recipe.options``.
 """
 
@@ -75,7 +77,7 @@ IMAGENET_HINT = ("ImageNet-1k as an ImageFolder tree: --data /path/to/imagenet (
                  "or --data /path/to/imagenet/train")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Recipe:
     """Everything one training run depends on.
 
@@ -84,8 +86,8 @@ class Recipe:
     ``batch_size / (world_size * accumulate)`` images per forward pass.
     """
 
-    method: str
-    name: str
+    method: str = ""                # set by method_recipes: the method module's name
+    name: str = ""                  # set by method_recipes: the recipe's key
     model: str                      # registry name of the backbone
     epochs: int
     batch_size: int
@@ -129,3 +131,42 @@ class Recipe:
                              f"x {self.accumulate} accumulation step(s); pick a multiple of "
                              f"{world_size * self.accumulate}")
         return per
+
+
+# What the recipes of one scale share; a recipe states only where it differs. ``paper``: the data
+# must be given (ImageNet-1k unless the recipe's hint says otherwise), several loader processes,
+# rare checkpoints and logs; ``small``: Fashion-MNIST; ``tiny``: one epoch, checkpoints and logs
+# every few steps, 256 images.
+_SCALES: dict[str, dict[str, Any]] = {
+    "paper": dict(data=None, data_hint=IMAGENET_HINT, workers=8, checkpoint_every=1000, log_every=50),
+    "small": dict(data="fmnist"),
+    "tiny": dict(epochs=1, data="fmnist", limit=256, checkpoint_every=4, log_every=1),
+}
+# The embedding methods' small recipes: 10,000 images, bf16 autocast, a cosine schedule after a
+# short warm-up, frequent checkpoints and logs.
+SMALL_EMBEDDING = dict(limit=10_000, precision="bf16", schedule=Schedule("cosine", warmup_epochs=0.1),
+                       checkpoint_every=20, log_every=5)
+
+# SimCLR's ImageNet training length and schedule, which BYOL adopts with LARS as well: 1000 epochs
+# of 4096 images, 10 warm-up epochs, then cosine decay.
+LARS_1000_EPOCHS = dict(epochs=1000, batch_size=4096, schedule=Schedule("cosine", warmup_epochs=10))
+
+
+def paper_recipe(**fields: Any) -> Recipe:
+    return Recipe(**{**_SCALES["paper"], **fields})
+
+
+def small_recipe(**fields: Any) -> Recipe:
+    return Recipe(**{**_SCALES["small"], **fields})
+
+
+def tiny_recipe(**fields: Any) -> Recipe:
+    return Recipe(**{**_SCALES["tiny"], **fields})
+
+
+def method_recipes(module: str, recipes: Mapping[str, Recipe]) -> dict[str, Recipe]:
+    """A method module's ``RECIPES``: each recipe named by its key, and for the method the
+    module's own name (``method_recipes(__name__, {...})`` in ``training/methods/rotnet.py``
+    gives method "rotnet"), so that the name is written nowhere else."""
+    method = module.rpartition(".")[2]
+    return {name: dataclasses.replace(recipe, method=method, name=name) for name, recipe in recipes.items()}

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from zoo.errors import UsageError, WeightsError
+from zoo.methods import method_info
 from zoo.registry import InputSpec, ModelEntry, PaperResult, get_model_entry, list_models
 from zoo.results import (  # noqa: F401  (results_path and load_results are part of this module's API)
     BEATS_RULE, CARDS_DIRNAME, RESULTS_DIRNAME, Result, _is_number, default_cards_dir, load_results, measured_on,
@@ -41,45 +42,6 @@ _MISSING = object()
 # A result within this many points of random init says little about what pretraining learned.
 STRONG_RANDOM_INIT_POINTS = 3.0
 MAX_METRIC_NAME = 100  # the Hub shows metric names in narrow widgets; the protocol goes in the text
-
-# What each method trains the network to do, in our words (the facts are in DESIGN.md and the papers).
-METHODS: dict[str, tuple[str, str]] = {
-    "rotnet": ("RotNet", "Every image is shown rotated by 0, 90, 180 or 270 degrees and the network is trained to "
-               "classify which of the four rotations it sees. Telling the rotation apart needs the objects "
-               "and their usual orientation, so the features become semantic without any label."),
-    "deepcluster": ("DeepCluster", "Training alternates between clustering the features of the whole dataset with "
-                    "k-means and training the network to predict each image's cluster as a pseudo-label. The "
-                    "classifier is re-initialised after every clustering; empty clusters are re-seeded and "
-                    "images are sampled uniformly over clusters so that the labels stay balanced."),
-    "deepercluster": ("DeeperCluster", "The target is a pair (rotation, cluster): rotation prediction combined with "
-                      "hierarchical DeepCluster-style clustering, which scales clustering to about 100 million "
-                      "uncurated images."),
-    "sela": ("SeLa", "Pseudo-labels come from an optimal-transport problem: images are assigned to K clusters with "
-             "equal shares, solved quickly with the Sinkhorn-Knopp algorithm on the network's own "
-             "predictions, and the network is trained with cross-entropy on those labels. Several heads "
-             "cluster independently."),
-    "iic": ("IIC", "No pseudo-labels: softmax heads cluster each image and a transformed copy of it, and the "
-            "network maximises the mutual information between the two cluster assignments, which rewards "
-            "confident, consistent predictions that use every cluster equally. An over-clustering head "
-            "with more clusters than classes trains beside the main head."),
-    "npid": ("NPID", "Each image is its own class. A memory bank keeps a 128-d L2-normalised embedding per training "
-             "image; the network learns, with noise-contrastive estimation (4,096 negatives, temperature "
-             "0.07), to pick its own entry among the others, and the bank follows with momentum 0.5."),
-    "pirl": ("PIRL", "Instead of predicting a transformation, the representation must not change under it: the "
-             "embedding of an image must match the embedding of its jigsaw-shuffled patches and differ from "
-             "other images' embeddings kept in a memory bank (NCE loss)."),
-    "simclr": ("SimCLR", "Two random augmentations of each image (crop and resize, colour distortion, blur) go "
-               "through the network and a projection MLP; the NT-Xent contrastive loss pulls the two views of "
-               "an image together and pushes the other images of the batch away."),
-    "byol": ("BYOL", "An online network learns to predict, through a small predictor MLP, the projection that a "
-             "target network gives for another augmentation of the same image. The target's weights are an "
-             "exponential moving average of the online network's; no negative pairs are used."),
-    "multigrain": ("MultiGrain", "Not self-supervised: a ResNet-50 trained with ImageNet labels (cross-entropy) "
-                   "together with an instance-level ranking loss between augmentations of the same image, "
-                   "with generalised-mean (GeM) pooling, so that one embedding serves class recognition and "
-                   "copy/instance retrieval."),
-}
-SUPERVISED_METHODS = frozenset({"multigrain"})
 
 # Hugging Face dataset ids of the pretraining sets, for the card's `datasets:` field.
 
@@ -210,7 +172,7 @@ def render_card(name: str, *, results: Any = _MISSING, cards_dir: str | os.PathL
     ours, ours_note = _our_results(results, ckpt)
 
     tags = ["sslzoo", entry.method, entry.arch,
-            "representation-learning" if entry.method in SUPERVISED_METHODS else "self-supervised"]
+            "representation-learning" if method_info(entry.method).uses_labels else "self-supervised"]
     data = ModelCardData(
         library_name="sslzoo", pipeline_tag="image-feature-extraction", license=entry.license,
         datasets=[HF_DATASETS[entry.pretrain_data]] if entry.pretrain_data in HF_DATASETS else None, tags=tags,
@@ -335,7 +297,7 @@ def _label(r: Result) -> str:
 
 def _sections(entry: ModelEntry, results: dict | None, ours: list[Result], ours_note: str,
               ckpt: _Checkpoint | None) -> list[str]:
-    method_name, pretext = METHODS.get(entry.method, (entry.method, ""))
+    method = method_info(entry.method)
     name = entry.name
     arch_kwargs = dict(ckpt.config["arch_kwargs"]) if ckpt else dict(entry.arch_kwargs)
     shapes, n_params = _layer_shapes(name, arch_kwargs)
@@ -359,7 +321,7 @@ def _sections(entry: ModelEntry, results: dict | None, ours: list[Result], ours_
         "not the registry's.")
     out.append(f"# {name}\n\n{description}\n\n"
                "| | |\n|---|---|\n"
-               f"| Method | {method_name}: [{entry.paper.title}]({entry.paper.url}) ({entry.paper.authors}, "
+               f"| Method | {method.title}: [{entry.paper.title}]({entry.paper.url}) ({entry.paper.authors}, "
                f"{entry.paper.venue}) |\n"
                f"| Architecture | `{entry.arch}`{f' ({kwargs_text})' if kwargs_text else ''}, "
                f"{n_params / 1e6:.2f} M parameters |\n"
@@ -369,7 +331,7 @@ def _sections(entry: ModelEntry, results: dict | None, ours: list[Result], ours_
                + f"| License | {entry.license} |")
 
     out.append(_weights_section(entry, results, ckpt))
-    out.append(f"## Pretext task\n\n{pretext or 'See the paper.'}")
+    out.append(f"## Pretext task\n\n{method.pretext}")
     out.append("## Pretraining\n\n" + (_checkpoint_pretraining(entry, ckpt.config) if ckpt
                                        else _registry_pretraining(entry, results, results_file)))
 
@@ -667,8 +629,8 @@ def _limitations(entry: ModelEntry, results: dict | None, ckpt: _Checkpoint | No
         out.append(f"Licensed {entry.license}: non-commercial use only, as the original release.")
     elif entry.license == "unknown":
         out.append("The original release states no license; check with the authors before any use beyond research.")
-    if entry.method in SUPERVISED_METHODS:
-        out.append("Trained with ImageNet labels; not a self-supervised model.")
+    if method_info(entry.method).uses_labels:
+        out.append(f"Trained with the class labels of {entry.pretrain_data}; not a self-supervised model.")
     out.append("Features depend on the exact preprocessing above; other resizing, colour handling or "
                "normalisation changes the numbers.")
     data = _pretrain_data(entry, ckpt)
@@ -749,7 +711,7 @@ def entrypoint_docstring(name: str, cards_dir: str | os.PathLike | None = None) 
     return "\n".join([
         f"{name}: {entry.description}",
         "",
-        f"Method: {METHODS.get(entry.method, (entry.method,))[0]}, {entry.paper.title} ({entry.paper.venue}), "
+        f"Method: {method_info(entry.method).title}, {entry.paper.title} ({entry.paper.venue}), "
         f"{entry.paper.url}",
         f"Input: {spec.size}x{spec.size} {spec.colour_space}"
         + (", Sobel inside the model" if spec.sobel_in_model else "")

@@ -16,6 +16,8 @@ from torch import nn
 
 from zoo.backbones import ARCHITECTURES, build_architecture
 from zoo.errors import UnknownNameError
+from zoo.methods import (BYOL, CPC, DEEPCLUSTER, DEEPERCLUSTER, IIC, JIGSAW, MULTIGRAIN, NPID, PIRL,
+                          PROXYNCA, ROTNET, SELA, SIMCLR, MethodInfo, Paper, method_info)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,14 +54,6 @@ class InputSpec:
     @property
     def channels(self) -> int:
         return 1 if self.colour_space == "grey" else 3
-
-
-@dataclass(frozen=True)
-class Paper:
-    title: str
-    authors: str
-    venue: str
-    url: str
 
 
 @dataclass(frozen=True)
@@ -121,7 +115,7 @@ class Weights:
 class ModelEntry:
     name: str
     arch: str
-    method: str
+    method: str  # a zoo.methods name
     pretrain_data: str
     input: InputSpec
     weights: Weights
@@ -136,6 +130,7 @@ class ModelEntry:
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"{self.name}: unknown architecture {self.arch!r}")
+        method_info(self.method)  # every model's method is described in zoo.methods
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -199,34 +194,6 @@ _FMNIST_32 = InputSpec(size=32, resize=32, colour_space="grey", mean=(0.2860,), 
 _CIFAR_ROTNET = InputSpec(size=32, resize=32, mean=(125.3 / 255, 123.0 / 255, 113.9 / 255),
                           std=(63.0 / 255, 62.1 / 255, 66.7 / 255))
 
-ROTNET = Paper("Unsupervised Representation Learning by Predicting Image Rotations",
-               "Gidaris, Singh, Komodakis", "ICLR 2018", "https://arxiv.org/abs/1803.07728")
-DEEPCLUSTER = Paper("Deep Clustering for Unsupervised Learning of Visual Features",
-                    "Caron, Bojanowski, Joulin, Douze", "ECCV 2018", "https://arxiv.org/abs/1807.05520")
-SELA = Paper("Self-labelling via simultaneous clustering and representation learning",
-             "Asano, Rupprecht, Vedaldi", "ICLR 2020", "https://arxiv.org/abs/1911.05371")
-NPID = Paper("Unsupervised Feature Learning via Non-Parametric Instance Discrimination",
-             "Wu, Xiong, Yu, Lin", "CVPR 2018", "https://arxiv.org/abs/1805.01978")
-PIRL = Paper("Self-Supervised Learning of Pretext-Invariant Representations",
-             "Misra, van der Maaten", "CVPR 2020", "https://arxiv.org/abs/1912.01991")
-SIMCLR = Paper("A Simple Framework for Contrastive Learning of Visual Representations",
-               "Chen, Kornblith, Norouzi, Hinton", "ICML 2020", "https://arxiv.org/abs/2002.05709")
-BYOL = Paper("Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning",
-             "Grill et al.", "NeurIPS 2020", "https://arxiv.org/abs/2006.07733")
-MULTIGRAIN = Paper("MultiGrain: a unified image embedding for classes and instances",
-                   "Berman, Jegou, Vedaldi, Kokkinos, Douze", "arXiv 2019", "https://arxiv.org/abs/1902.05509")
-CPC2 = Paper("Data-Efficient Image Recognition with Contrastive Predictive Coding",
-             "Henaff, Srinivas, De Fauw, Razavi, Doersch, Eslami, van den Oord", "ICML 2020",
-             "https://arxiv.org/abs/1905.09272")
-PROXYNCA = Paper("No Fuss Distance Metric Learning using Proxies",
-                 "Movshovitz-Attias, Toshev, Leung, Ioffe, Singh", "ICCV 2017", "https://arxiv.org/abs/1703.07464")
-DEEPERCLUSTER = Paper("Unsupervised Pre-Training of Image Features on Non-Curated Data",
-                      "Caron, Bojanowski, Mairal, Joulin", "ICCV 2019", "https://arxiv.org/abs/1905.01278")
-IIC = Paper("Invariant Information Clustering for Unsupervised Image Classification and Segmentation",
-            "Ji, Henriques, Vedaldi", "ICCV 2019", "https://arxiv.org/abs/1807.06653")
-JIGSAW = Paper("Unsupervised Learning of Visual Representations by Solving Jigsaw Puzzles",
-               "Noroozi, Favaro", "ECCV 2016", "https://arxiv.org/abs/1603.09246")
-
 # Where the numbers were read: README lines pinned to the commit that was read, abstract pages.
 _VISSL_MODEL_ZOO = ("https://github.com/facebookresearch/vissl/blob/09270ed25a6c2cf71263d955b64cbe076d34ac45/"
                     "MODEL_ZOO.md")
@@ -257,22 +224,23 @@ def _hub_repo(name: str, data: str) -> str:
     return f"sslzoo/{repo}" if not tag or repo.endswith(tag) else f"sslzoo/{repo}-{tag}"
 
 
-def _release(name: str, arch: str, method: str, paper: Paper, origin: str, license: str,
-             description: str, input: InputSpec = _IN1K_224, data: str = "ImageNet-1k",
+def _release(name: str, arch: str, method: MethodInfo, origin: str, license: str,
+             description: str, input: InputSpec = _IN1K_224, data: str = "ImageNet-1k", paper: Paper | None = None,
              results: tuple[PaperResult, ...] = (), url: str = "", file: str = "", note: str = "",
              size: int | None = None, sha256: str | None = None,
              embedding_layer: str = "", **arch_kwargs: Any) -> ModelEntry:
     """An original authors' release, converted by `zoo convert` and published as sslzoo/<name>.
 
+    ``paper`` is the method's unless the release comes with another (NPID++ is the PIRL paper's).
     ``url`` is the authors' download link, ``file`` the file in it that `zoo convert` reads,
     ``note`` what the authors say about this release (``Weights.release_note``); ``size`` and
     ``sha256`` those of the download, only where a public source states them.
     """
     return register_model(ModelEntry(
-        name=name, arch=arch, method=method, pretrain_data=data, input=input,
+        name=name, arch=arch, method=method.name, pretrain_data=data, input=input,
         weights=Weights(hub_repo=_hub_repo(name, data), origin=origin, original_url=url, original_file=file,
                         release_note=note, original_size=size, original_sha256=sha256),
-        paper=paper, license=license, description=description, arch_kwargs=arch_kwargs,
+        paper=paper or method.paper, license=license, description=description, arch_kwargs=arch_kwargs,
         paper_results=results, embedding_layer=embedding_layer,
     ))
 
@@ -291,7 +259,7 @@ _ROTNET_RELEASES = "https://github.com/gidariss/FeatureLearningRotNet/releases/d
 _NPID_FILES = "https://frontiers.blob.core.windows.net/pretraining/checkpoints/pil_pretrained_models/lemniscate"
 
 
-_release("rotnet_alexnet", "alexnet_rotnet", "rotnet", ROTNET,
+_release("rotnet_alexnet", "alexnet_rotnet", ROTNET,
          "https://github.com/gidariss/FeatureLearningRotNet", "mit",
          "AlexNet trained to predict which of 4 rotations was applied to an ImageNet image.",
          url=f"{_ROTNET_RELEASES}/ImageNet_RotNet_AlexNet.tar.gz", file="model_net_epoch50",
@@ -306,7 +274,7 @@ _release("rotnet_alexnet", "alexnet_rotnet", "rotnet", ROTNET,
                          "https://arxiv.org/abs/1803.07728", split="test"),
              _in1k(39.51, _VISSL_ALEXNET, "VISSL MODEL_ZOO.md", f"{_VISSL_MODEL_ZOO}#L117"),
          ))
-_release("rotnet_nin_cifar10", "nin", "rotnet", ROTNET,
+_release("rotnet_nin_cifar10", "nin", ROTNET,
          "https://github.com/gidariss/FeatureLearningRotNet", "mit",
          "RotNet's 4-block Network-in-Network trained on CIFAR-10 rotations, the authors' release (their "
          "README notes it is not exactly the model of the paper).",
@@ -318,18 +286,18 @@ _release("rotnet_nin_cifar10", "nin", "rotnet", ROTNET,
                               "reproduction with the authors' code (88.89); the paper's table was not read here",
                               "RotNet paper, as quoted",
                               "https://github.com/gidariss/FeatureLearningRotNet/issues/6", split="test"),))
-_release("deepcluster_alexnet", "alexnet_deepcluster", "deepcluster", DEEPCLUSTER,
+_release("deepcluster_alexnet", "alexnet_deepcluster", DEEPCLUSTER,
          "https://github.com/facebookresearch/deepcluster", "cc-by-nc-4.0",
          "AlexNet with a fixed Sobel front end, trained on k-means pseudo-labels of its own features.",
          input=dataclasses.replace(_IN1K_224, sobel_in_model=True),
          url="https://dl.fbaipublicfiles.com/deepcluster/alexnet/checkpoint.pth.tar", file="checkpoint.pth.tar",
          results=(_in1k(37.88, _VISSL_ALEXNET, "VISSL MODEL_ZOO.md", f"{_VISSL_MODEL_ZOO}#L127"),))
-_release("deepcluster_vgg16", "vgg16_bn", "deepcluster", DEEPCLUSTER,
+_release("deepcluster_vgg16", "vgg16_bn", DEEPCLUSTER,
          "https://github.com/facebookresearch/deepcluster", "cc-by-nc-4.0",
          "VGG-16-BN with a fixed Sobel front end, trained with DeepCluster.",
          input=dataclasses.replace(_IN1K_224, sobel_in_model=True),
          url="https://dl.fbaipublicfiles.com/deepcluster/vgg16/checkpoint.pth.tar", file="checkpoint.pth.tar", sobel=True)
-_release("deepercluster_vgg16", "vgg16_bn", "deepercluster", DEEPERCLUSTER,
+_release("deepercluster_vgg16", "vgg16_bn", DEEPERCLUSTER,
          "https://github.com/facebookresearch/DeeperCluster", "cc-by-nc-4.0",
          "VGG-16-BN with Sobel, trained on rotation x cluster targets of non-curated images.",
          input=dataclasses.replace(_IN1K_224, sobel_in_model=True), data="YFCC100M",
@@ -338,7 +306,7 @@ _release("deepercluster_vgg16", "vgg16_bn", "deepercluster", DEEPERCLUSTER,
                               "ImageNet labels (the paper's Table 2; +0.8 over the same network from scratch)",
                         "DeeperCluster paper, abstract", "https://arxiv.org/abs/1905.01278"),),
          sobel=True, input_padding=2, sobel_padding=0)
-_release("sela_alexnet", "alexnet_sela", "sela", SELA,
+_release("sela_alexnet", "alexnet_sela", SELA,
          "https://github.com/yukimasano/self-label", "mit",
          "AlexNet trained on Sinkhorn-Knopp equipartitioned pseudo-labels (10 heads).",
          url=f"{_SELA_ASSETS}/pretrained.zip", file="alexnet-10x3k-wRot.pth",
@@ -347,20 +315,20 @@ _release("sela_alexnet", "alexnet_sela", "sela", SELA,
          results=(_in1k(43.8, "linear probe ('LP Acc') of the README's 'AlexNet 10k' row, which names no rotation "
                               "retraining: not a number for this 10x3k-with-rotation file", "self-label README",
                         f"{_SELA_README}#L31"),))
-_release("sela_resnet50", "resnet50", "sela", SELA,
+_release("sela_resnet50", "resnet50", SELA,
          "https://github.com/yukimasano/self-label", "mit",
          "ResNet-50 trained with SeLa (10 heads of 3,000 clusters).",
          url=f"{_SELA_ASSETS}/pretrained.zip", file="resnet-10x3k.pth",
          results=(_in1k(61.5, "linear probe ('LP Acc') of the README's 'R50 10x3k' model", "self-label README",
                         f"{_SELA_README}#L32"),), num_classes=None)
-_release("sela_resnet50_augpp", "resnet50", "sela", SELA,
+_release("sela_resnet50_augpp", "resnet50", SELA,
          "https://github.com/yukimasano/self-label", "mit",
          "ResNet-50 trained with SeLa (10x3k heads) and SimCLR-style augmentations, 280 epochs (Aug++).",
          url=f"{_SELA_ASSETS}/new_models/resnet50-10x3k_pp.pth", file="resnet50-10x3k_pp.pth",
          results=(_in1k(68.8, "linear probe ('LP Acc', single crop) of this file, the README's 'Aug++ R50 10x3k'",
                         "self-label README", f"{_SELA_README}#L40"),),
          num_classes=None)
-_release("npid_resnet50", "resnet50", "npid", NPID,
+_release("npid_resnet50", "resnet50", NPID,
          "https://github.com/zhirongw/lemniscate.pytorch", "unknown",
          "ResNet-50 with a 128-d L2-normalised embedding trained by instance discrimination.",
          url=f"{_NPID_FILES}/lemniscate_resnet50.pth", file="lemniscate_resnet50.pth",
@@ -370,7 +338,7 @@ _release("npid_resnet50", "resnet50", "npid", NPID,
                   _in1k(54.99, f"{_VISSL_RESNET}, on VISSL's conversion of the original ResNet 50 release "
                                "('RN50 official oldies')", "VISSL MODEL_ZOO.md", f"{_VISSL_MODEL_ZOO}#L143")),
          num_classes=128)
-_release("npid_resnet18", "resnet18", "npid", NPID,
+_release("npid_resnet18", "resnet18", NPID,
          "https://github.com/zhirongw/lemniscate.pytorch", "unknown",
          "ResNet-18 with a 128-d L2-normalised embedding trained by instance discrimination.",
          url=f"{_NPID_FILES}/lemniscate_resnet18.pth", file="lemniscate_resnet18.pth",
@@ -378,7 +346,7 @@ _release("npid_resnet18", "resnet18", "npid", NPID,
                               "release; the code's test mode is a weighted kNN, k=200", "lemniscate README",
                         f"{_NPID_README}#L17"),),
          num_classes=128)
-_release("pirl_resnet50", "resnet50", "pirl", PIRL,
+_release("pirl_resnet50", "resnet50", PIRL,
          "https://github.com/facebookresearch/vissl", "mit",
          "ResNet-50 trained with PIRL (jigsaw invariance, memory bank), VISSL's release.",
          url=f"{_VISSL_ZOO}/pirl/r50_200ep/model_final_checkpoint_phase199.torch",
@@ -387,15 +355,15 @@ _release("pirl_resnet50", "resnet50", "pirl", PIRL,
                         "VISSL projects/PIRL/README.md",
                         "https://github.com/facebookresearch/vissl/blob/09270ed25a6c2cf71263d955b64cbe076d34ac45/"
                         "projects/PIRL/README.md#L37"),), num_classes=None)
-_release("npid_pp_resnet50", "resnet50", "npid", PIRL,
+_release("npid_pp_resnet50", "resnet50", NPID,
          "https://github.com/facebookresearch/vissl", "mit",
          "ResNet-50 trained with NPID++ (PIRL paper's NPID: 32k negatives, 800 epochs), VISSL's release.",
-         url=f"{_VISSL_ZOO}/npid_pp/4node_800ep_32kneg_cosine_resnet_23_07_20.75432662/"
+         paper=PIRL.paper, url=f"{_VISSL_ZOO}/npid_pp/4node_800ep_32kneg_cosine_resnet_23_07_20.75432662/"
              "model_final_checkpoint_phase799.torch",
          file="model_final_checkpoint_phase799.torch",
          results=(_in1k(56.68, f"{_VISSL_RESNET}, this checkpoint", "VISSL MODEL_ZOO.md",
                         f"{_VISSL_MODEL_ZOO}#L152"),), num_classes=None)
-_release("jigsaw_resnet50", "resnet50", "jigsaw", JIGSAW,
+_release("jigsaw_resnet50", "resnet50", JIGSAW,
          "https://github.com/facebookresearch/vissl", "mit",
          "ResNet-50 trained to solve jigsaw puzzles (100 permutations, 105 epochs), VISSL's release.",
          url=f"{_VISSL_ZOO}/jigsaw_rn50_in1k_ep105_perm2k_jigsaw_8gpu_resnet_17_07_20.db174a43/"
@@ -403,7 +371,7 @@ _release("jigsaw_resnet50", "resnet50", "jigsaw", JIGSAW,
          file="model_final_checkpoint_phase104.torch",
          results=(_in1k(48.57, f"{_VISSL_RESNET}, this checkpoint", "VISSL MODEL_ZOO.md",
                         f"{_VISSL_MODEL_ZOO}#L87"),), num_classes=None)
-_release("simclr_resnet50", "resnet50", "simclr", SIMCLR,
+_release("simclr_resnet50", "resnet50", SIMCLR,
          "https://github.com/google-research/simclr", "apache-2.0",
          "ResNet-50 (1x) trained with SimCLR; takes [0, 1] RGB with no mean/std normalisation.",
          input=InputSpec(size=224, resize=256, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
@@ -412,7 +380,7 @@ _release("simclr_resnet50", "resnet50", "simclr", SIMCLR,
                         "SimCLR README",
                         "https://github.com/google-research/simclr/blob/383d4143fd8cf7879ae10f1046a9baeb753ff438/"
                         "README.md#L54"),), num_classes=None)
-_release("byol_resnet50", "resnet50", "byol", BYOL,
+_release("byol_resnet50", "resnet50", BYOL,
          "https://github.com/deepmind/deepmind-research/tree/master/byol", "apache-2.0",
          "ResNet-50 trained with BYOL (online/target networks, no negatives).",
          url="https://storage.googleapis.com/deepmind-byol/checkpoints/pretrain_res50x1.pkl",
@@ -424,7 +392,7 @@ _release("byol_resnet50", "resnet50", "byol", BYOL,
                         "https://github.com/google-deepmind/deepmind-research/blob/"
                         "2314aa74d53e1d75d1507a1496fede4a284bbb5b/byol/README.md#pretraining")),
          num_classes=None)
-_release("multigrain_resnet50", "resnet50_gem", "multigrain", MULTIGRAIN,
+_release("multigrain_resnet50", "resnet50_gem", MULTIGRAIN,
          "https://github.com/facebookresearch/multigrain", "cc-by-nc-4.0",
          "ResNet-50 with GeM pooling (p=3) trained for classification and instance retrieval jointly "
          "(lambda=0.5, repeated augmentations); the embedding is the GeM-pooled vector, layer gem.",
@@ -438,7 +406,7 @@ _release("multigrain_resnet50", "resnet50_gem", "multigrain", MULTIGRAIN,
                               "paper's Table 2, which the README says this file reproduces)", "MultiGrain README",
                         "https://github.com/facebookresearch/multigrain/blob/172bb2a2ef8a7f69f02fd6a4eb20c9c3d5d7a909/"
                         "README.md#L89")))
-_release("iic_net5g", "iic_net5g", "iic", IIC,
+_release("iic_net5g", "iic_net5g", IIC,
          "https://github.com/xu-ji/IIC", "mit",
          "IIC's ClusterNet5g (ResNet-34 trunk) trained on STL-10 by invariant information clustering "
          "(model 569: two heads, 70 and 10 clusters, 5 sub-heads each); Sobel gradients inside the model.",
@@ -453,42 +421,42 @@ _release("iic_net5g", "iic_net5g", "iic", IIC,
                               split="train+test"),))
 
 
-def _ours(name: str, arch: str, method: str, paper: Paper, description: str,
+def _ours(name: str, arch: str, method: MethodInfo, description: str,
           input: InputSpec = _FMNIST_32, data: str = "Fashion-MNIST", recipe: str = "small",
           results: tuple[PaperResult, ...] = (), **arch_kwargs: Any) -> ModelEntry:
     """A model trained by sslzoo's own recipe: ``small`` (S3L: small resolution, network and data),
     or ``paper`` where the authors released no weights (``results`` are then the paper's numbers
     for its own model)."""
     return register_model(ModelEntry(
-        name=name, arch=arch, method=method, pretrain_data=data, input=input,
+        name=name, arch=arch, method=method.name, pretrain_data=data, input=input,
         weights=Weights(hub_repo=_hub_repo(name, data)),
-        paper=paper, license="apache-2.0", description=description, arch_kwargs=arch_kwargs,
+        paper=method.paper, license="apache-2.0", description=description, arch_kwargs=arch_kwargs,
         recipe=recipe, paper_results=results,
     ))
 
 
-_ours("rotnet_nin_fmnist", "nin", "rotnet", ROTNET,
+_ours("rotnet_nin_fmnist", "nin", ROTNET,
       "RotNet's 4-block NIN (width 32) trained on Fashion-MNIST rotations by sslzoo's small recipe.",
       num_blocks=4, in_channels=1, width=32)
 # The small recipes share one laptop-scale ResNet: 4 stages of 16-128 channels, one block each.
 _SMALL_RESNET = dict(in_channels=1, widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1))
-_ours("simclr_resnet_small_fmnist", "resnet_small", "simclr", SIMCLR,
+_ours("simclr_resnet_small_fmnist", "resnet_small", SIMCLR,
       "A small 32x32 ResNet trained on Fashion-MNIST with SimCLR by sslzoo's small recipe.", **_SMALL_RESNET)
-_ours("npid_resnet_small_fmnist", "resnet_small", "npid", NPID,
+_ours("npid_resnet_small_fmnist", "resnet_small", NPID,
       "A small 32x32 ResNet trained on Fashion-MNIST by instance discrimination (NPID, sslzoo's small recipe).",
       **_SMALL_RESNET)
-_ours("byol_resnet_small_fmnist", "resnet_small", "byol", BYOL,
+_ours("byol_resnet_small_fmnist", "resnet_small", BYOL,
       "A small 32x32 ResNet trained on Fashion-MNIST with BYOL by sslzoo's small recipe.", **_SMALL_RESNET)
-_ours("multigrain_resnet_small_fmnist", "resnet_small", "multigrain", MULTIGRAIN,
+_ours("multigrain_resnet_small_fmnist", "resnet_small", MULTIGRAIN,
       "A small 32x32 ResNet trained on Fashion-MNIST classes and instances with MultiGrain's joint loss "
       "(sslzoo's small recipe); use it with GeM pooling.", **_SMALL_RESNET)
-_ours("pirl_resnet_small_fmnist", "resnet_small", "pirl", PIRL,
+_ours("pirl_resnet_small_fmnist", "resnet_small", PIRL,
       "A small 32x32 ResNet trained on Fashion-MNIST with PIRL (jigsaw invariance, memory bank) by sslzoo's "
       "small recipe.", **_SMALL_RESNET)
-_ours("proxynca_resnet_small_fmnist", "resnet_small", "proxynca", PROXYNCA,
+_ours("proxynca_resnet_small_fmnist", "resnet_small", PROXYNCA,
       "A small 32x32 ResNet trained on Fashion-MNIST classes with Proxy-NCA (one learned proxy per class) by "
       "sslzoo's small recipe.", **_SMALL_RESNET)
-_ours("proxynca_resnet50", "resnet50", "proxynca", PROXYNCA,
+_ours("proxynca_resnet50", "resnet50", PROXYNCA,
       "ResNet-50 trained for zero-shot retrieval on CUB-200-2011 with Proxy-NCA by sslzoo's paper recipe "
       "(the authors released no weights).", input=_IN1K_224, data="CUB-200-2011", recipe="paper", num_classes=None,
       results=tuple(
@@ -499,22 +467,22 @@ _ours("proxynca_resnet50", "resnet50", "proxynca", PROXYNCA,
                       f"https://github.com/dichotomies/proxy-nca/blob/ad9880a497a40cf588f30206f560676694694530/"
                       f"README.md#L{line}", split="test")
           for metric, value, line in (("recall@1", 49.21, 86), ("NMI", 59.53, 90))))
-_ours("cpc_resnet_small_fmnist", "resnet_small", "cpc", CPC2,
+_ours("cpc_resnet_small_fmnist", "resnet_small", CPC,
       "A small ResNet trained as CPC v2's patch encoder on 8-pixel patches of Fashion-MNIST by sslzoo's small "
       "recipe.", **_SMALL_RESNET)
-_ours("cpc_resnet50", "resnet50", "cpc", CPC2,
+_ours("cpc_resnet50", "resnet50", CPC,
       "ResNet-50 trained as CPC v2's patch encoder on ImageNet by sslzoo's paper recipe (the authors' "
       "ResNet-161 release is not converted).", input=_IN1K_224, data="ImageNet-1k", recipe="paper", num_classes=None,
       results=(_in1k(63.8, "linear classification on CPC v2's ResNet-50 features, as transcribed from the paper by "
                            "Papers with Code (the paper's table was not read here)", "CPC v2 paper, via Papers with Code",
                      "https://paperswithcode.com/paper/data-efficient-image-recognition-with"),))
-_ours("deepcluster_resnet_small_fmnist", "resnet_small", "deepcluster", DEEPCLUSTER,
+_ours("deepcluster_resnet_small_fmnist", "resnet_small", DEEPCLUSTER,
       "A small 32x32 ResNet trained on Fashion-MNIST with DeepCluster by sslzoo's small recipe.", **_SMALL_RESNET)
-_ours("sela_resnet_small_fmnist", "resnet_small", "sela", SELA,
+_ours("sela_resnet_small_fmnist", "resnet_small", SELA,
       "A small 32x32 ResNet trained on Fashion-MNIST with SeLa by sslzoo's small recipe.", **_SMALL_RESNET)
-_ours("iic_resnet_small_fmnist", "resnet_small", "iic", IIC,
+_ours("iic_resnet_small_fmnist", "resnet_small", IIC,
       "A small 32x32 ResNet trained on Fashion-MNIST with IIC by sslzoo's small recipe.", **_SMALL_RESNET)
-_ours("deepercluster_resnet_small_fmnist", "resnet_small", "deepercluster", DEEPERCLUSTER,
+_ours("deepercluster_resnet_small_fmnist", "resnet_small", DEEPERCLUSTER,
       "A small 32x32 ResNet trained on Fashion-MNIST with DeeperCluster by sslzoo's small recipe.", **_SMALL_RESNET)
 
 

@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.engine import FitContext, Method
+from training.engine import FitContext
+from training.methods.common import BackboneMethod, grey_view, lars_parameter_groups
 from training.methods.heads import feature_dim, mlp, pooled_features
-from training.methods.simclr import lars_parameter_groups
 from training.methods.views import ViewRecipe, Views
-from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule
-from zoo.registry import create_model
+from training.recipes import (LARS_1000_EPOCHS, SMALL_EMBEDDING, Optimizer, method_recipes, paper_recipe,
+                              small_recipe, tiny_recipe)
 
 
 def normalized_mse_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -68,13 +68,8 @@ class BYOLOptions:
     batched_views: bool = False         # augment whole batches in forward (see views.Views)
 
 
-class BYOL(Method):
-    name = "byol"
-
-    def __init__(self, recipe: Recipe):
-        super().__init__(recipe)
-        o = self.options = recipe.options or BYOLOptions()
-        self.backbone = create_model(recipe.model, **recipe.model_kwargs)
+class BYOL(BackboneMethod, options=BYOLOptions):
+    def build(self, o: BYOLOptions) -> None:
         self.projector = mlp(feature_dim(self.backbone), o.hidden_dim, o.out_dim)
         self.predictor = mlp(o.out_dim, o.hidden_dim, o.out_dim)
         # The target starts as a copy of the online encoder and projector and is never trained.
@@ -106,41 +101,29 @@ class BYOL(Method):
 
 METHOD = BYOL
 
-RECIPES = {
+# The small and tiny recipes' views of grey images; solarisation on the second view only, as in
+# the paper's pair.
+_GREY_VIEWS = dict(view1=grey_view(), view2=grey_view(solarize_p=0.2))
+
+RECIPES = method_recipes(__name__, {
     # Grill et al. 2020, Sec. 3.3 and Appendix B/C: batch 4096, LARS with lr 0.2 x batch/256 = 3.2,
     # weight decay 1.5e-6, biases and BN excluded from LARS and decay, 10 warm-up epochs then
     # cosine decay, 1000 epochs; projector and predictor 4096-256; tau_base 0.996 raised to 1 along
     # a cosine; the asymmetric view pair (blur p 1.0 / 0.1, solarise p 0 / 0.2; colour jitter 0.4,
     # 0.4, 0.2 with p 0.8, greyscale p 0.2). Not reproduced: hue jitter (0.1).
-    "paper": Recipe(
-        method="byol", name="paper", model="byol_resnet50", epochs=1000, batch_size=4096,
-        optimizer=Optimizer("lars", lr=3.2, momentum=0.9, weight_decay=1.5e-6),
-        schedule=Schedule("cosine", warmup_epochs=10), data=None, data_hint=IMAGENET_HINT, workers=8,
-        checkpoint_every=1000, log_every=50, options=BYOLOptions(),
-        source="Grill et al. 2020 (arXiv 2006.07733) Sec. 3.3, Appendix B and C",
-    ),
-    # S3L scale: Fashion-MNIST 32x32 grey, the small ResNet, 10,000 images; grey images, so no
-    # saturation jitter or greyscale; a faster-moving target (tau_base 0.99) for a short run.
-    # 6 epochs (234 steps) beat random init on kNN (71.5 vs 66.5) but not on the linear probe
-    # (87.0 vs 87.0 at the best layers): BYOL needs more steps than SimCLR, so 12 epochs.
-    "small": Recipe(
-        method="byol", name="small", model="byol_resnet_small_fmnist", epochs=12, batch_size=256,
-        optimizer=Optimizer("sgd", lr=0.2, momentum=0.9, weight_decay=5e-4),
-        schedule=Schedule("cosine", warmup_epochs=0.1), data="fmnist", limit=10_000, precision="bf16",
-        checkpoint_every=20, log_every=5,
-        options=BYOLOptions(hidden_dim=512, out_dim=128, base_decay=0.99, batched_views=True,
-                            view1=ViewRecipe(crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.0), grey_p=0.0, blur_p=0.0),
-                            view2=ViewRecipe(crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.0), grey_p=0.0, blur_p=0.0,
-                                             solarize_p=0.2)),
-        source="Grill et al. 2020, scaled down",
-    ),
-    "tiny": Recipe(
-        method="byol", name="tiny", model="byol_resnet_small_fmnist", epochs=1, batch_size=32,
-        optimizer=Optimizer("sgd", lr=0.1, momentum=0.9, weight_decay=1e-4), data="fmnist", limit=256,
-        checkpoint_every=4, log_every=1,
-        options=BYOLOptions(hidden_dim=64, out_dim=32, base_decay=0.99,
-                            view1=ViewRecipe(crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.0), grey_p=0.0, blur_p=0.0),
-                            view2=ViewRecipe(crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.0), grey_p=0.0, blur_p=0.0,
-                                             solarize_p=0.2)),
-    ),
-}
+    "paper": paper_recipe(
+        **LARS_1000_EPOCHS, model="byol_resnet50", optimizer=Optimizer("lars", lr=3.2, weight_decay=1.5e-6),
+        options=BYOLOptions(), source="Grill et al. 2020 (arXiv 2006.07733) Sec. 3.3, Appendix B and C"),
+    # S3L scale: Fashion-MNIST 32x32 grey, the small ResNet, 10,000 images; a faster-moving target
+    # (tau_base 0.99) for a short run. 6 epochs (234 steps) beat random init on kNN (71.5 vs 66.5)
+    # but not on the linear probe (87.0 vs 87.0 at the best layers): BYOL needs more steps than
+    # SimCLR, so 12 epochs.
+    "small": small_recipe(
+        **SMALL_EMBEDDING, model="byol_resnet_small_fmnist", epochs=12, batch_size=256,
+        optimizer=Optimizer(lr=0.2, weight_decay=5e-4),
+        options=BYOLOptions(hidden_dim=512, out_dim=128, base_decay=0.99, batched_views=True, **_GREY_VIEWS),
+        source="Grill et al. 2020, scaled down"),
+    "tiny": tiny_recipe(
+        model="byol_resnet_small_fmnist", batch_size=32, optimizer=Optimizer(lr=0.1, weight_decay=1e-4),
+        options=BYOLOptions(hidden_dim=64, out_dim=32, base_decay=0.99, **_GREY_VIEWS)),
+})

@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.engine import Method
+from training.methods.common import BackboneMethod
 from training.methods.heads import feature_dim, pooled_features
 from training.methods.views import ViewRecipe, colour_jitter, random_greyscale, random_resized_crop
-from training.recipes import Optimizer, Recipe, Schedule
+from training.recipes import (SMALL_EMBEDDING, Optimizer, Schedule, method_recipes, paper_recipe,
+                              small_recipe, tiny_recipe)
 from training.transforms import to_rgb_float
 from zoo.preprocess import convert_and_normalise
-from zoo.registry import create_model
 
 
 def patch_grid(images: torch.Tensor, patch: int, stride: int) -> torch.Tensor:
@@ -113,13 +113,8 @@ class CPCOptions:
         crop_scale=(1.0, 1.0), jitter=(0.4, 0.4, 0.4), jitter_p=0.8, grey_p=0.2, blur_p=0.0))
 
 
-class CPC(Method):
-    name = "cpc"
-
-    def __init__(self, recipe: Recipe):
-        super().__init__(recipe)
-        o = self.options = recipe.options or CPCOptions()
-        self.backbone = create_model(recipe.model, **recipe.model_kwargs)
+class CPC(BackboneMethod, options=CPCOptions):
+    def build(self, o: CPCOptions) -> None:
         dim = feature_dim(self.backbone)
         self.to_target = nn.Conv2d(dim, o.target_dim, 1)
         self.contexts = nn.ModuleList(RowCausalContext(dim, o.context_hidden, o.context_blocks)
@@ -159,36 +154,31 @@ class CPC(Method):
 
 METHOD = CPC
 
-RECIPES = {
+RECIPES = method_recipes(__name__, {
     # Henaff et al. 2020 and its appendix pseudocode: patches encoded on their own, a 5-block
     # PixelCNN-style context network (256 hidden channels), 64-d targets, predictions from
     # contexts in all four directions, InfoNCE against every patch of the batch, patch-based
     # augmentation. The grid (64-pixel patches every 32 pixels of a 256-pixel image) is CPC's.
     # Not reproduced: the paper's ResNet-161 with layer normalisation (the zoo's ResNet-50 with
     # BatchNorm stands in); the optimiser and schedule below are ours (Adam 4e-4, batch 512).
-    "paper": Recipe(
-        method="cpc", name="paper", model="cpc_resnet50", epochs=200, batch_size=512,
-        optimizer=Optimizer("adam", lr=4e-4), schedule=Schedule("cosine", warmup_epochs=5), data=None,
-        data_hint="ImageNet-1k as an ImageFolder tree: --data /path/to/imagenet", workers=8,
-        checkpoint_every=1000, log_every=50, options=CPCOptions(),
-        source="Henaff et al. 2020 (arXiv 1905.09272) Sec. 3 and appendix; optimiser settings are ours",
-    ),
+    "paper": paper_recipe(
+        model="cpc_resnet50", epochs=200, batch_size=512, optimizer=Optimizer("adam", lr=4e-4),
+        schedule=Schedule("cosine", warmup_epochs=5), options=CPCOptions(),
+        data_hint="ImageNet-1k as an ImageFolder tree: --data /path/to/imagenet",
+        source="Henaff et al. 2020 (arXiv 1905.09272) Sec. 3 and appendix; optimiser settings are ours"),
     # S3L scale: Fashion-MNIST 32x32 grey: a 7 x 7 grid of 8-pixel patches every 4 pixels, each
     # encoded by the small ResNet; 10,000 images.
-    "small": Recipe(
-        method="cpc", name="small", model="cpc_resnet_small_fmnist", epochs=2, batch_size=64,
-        optimizer=Optimizer("adam", lr=1e-3), schedule=Schedule("cosine", warmup_epochs=0.1), data="fmnist",
-        limit=10_000, precision="bf16", checkpoint_every=20, log_every=5,
+    "small": small_recipe(
+        **SMALL_EMBEDDING, model="cpc_resnet_small_fmnist", epochs=2, batch_size=64,
+        optimizer=Optimizer("adam", lr=1e-3),
         options=CPCOptions(image_size=32, crop_scale=(0.6, 1.0), patch=8, stride=4, target_dim=32,
                            context_hidden=64, context_blocks=3, directions=2,
                            patch_view=ViewRecipe(crop_scale=(1.0, 1.0), jitter=(0.4, 0.4, 0.0), grey_p=0.0)),
-        source="Henaff et al. 2020, scaled down",
-    ),
-    "tiny": Recipe(
-        method="cpc", name="tiny", model="cpc_resnet_small_fmnist", epochs=1, batch_size=8,
-        optimizer=Optimizer("adam", lr=1e-3), data="fmnist", limit=32, checkpoint_every=4, log_every=1,
+        source="Henaff et al. 2020, scaled down"),
+    "tiny": tiny_recipe(
+        model="cpc_resnet_small_fmnist", batch_size=8, limit=32, optimizer=Optimizer("adam", lr=1e-3),
         options=CPCOptions(image_size=32, patch=8, stride=4, target_dim=16, context_hidden=16, context_blocks=2,
                            directions=2, patch_view=ViewRecipe(crop_scale=(1.0, 1.0), jitter=(0.4, 0.4, 0.0),
                                                                grey_p=0.0)),
     ),
-}
+})

@@ -32,11 +32,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from training.clustering import deepest_feature_dim, deepest_features, kmeans, pca_whiten_l2, uniform_cluster_indices
-from training.engine import FitContext, Method
+from training.engine import FitContext
 from training.evaluation import nmi
-from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule
-from training.transforms import eval_transform, resized_crop_flip, small_crop_flip
-from zoo.registry import create_model
+from training.methods.common import BackboneMethod, crop_flip_augment, training_set_features, unassigned
+from training.recipes import Optimizer, method_recipes, paper_recipe, small_recipe, tiny_recipe
 
 
 @dataclass(frozen=True)
@@ -51,42 +50,28 @@ class DeepClusterOptions:
     crop_padding: int = 4
 
 
-class DeepCluster(Method):
-    name = "deepcluster"
+class DeepCluster(BackboneMethod, options=DeepClusterOptions):
     data_sized_buffers = ("assignments", "previous")
 
-    def __init__(self, recipe: Recipe):
-        super().__init__(recipe)
-        self.options: DeepClusterOptions = recipe.options or DeepClusterOptions()
-        self.backbone = create_model(recipe.model, **recipe.model_kwargs)
-        self.top_layer = nn.Linear(deepest_feature_dim(self.backbone), self.options.clusters)
+    def build(self, o: DeepClusterOptions) -> None:
+        self.top_layer = nn.Linear(deepest_feature_dim(self.backbone), o.clusters)
         self.register_buffer("assignments", torch.empty(0, dtype=torch.long))  # cluster id per image
         self.register_buffer("previous", torch.empty(0, dtype=torch.long))     # the epoch before's
         self.epoch_metrics: dict[str, float] = {}
 
     def train_transform(self):
-        spec = self.backbone.entry.input
-        if self.options.augment == "crop-flip":
-            return small_crop_flip(spec, self.options.crop_padding)
-        return resized_crop_flip(spec, self.options.crop_scale)
+        o = self.options
+        return crop_flip_augment(self.backbone.entry.input, o.augment, o.crop_scale, o.crop_padding)
 
     def parameter_groups(self):
         backbone = [p for p in self.backbone.parameters() if p.requires_grad]  # the Sobel filters stay fixed
         return [{"params": backbone}, {"params": list(self.top_layer.parameters()), "momentum": 0.0}]
 
     def on_fit_start(self, ctx: FitContext) -> None:
-        n = len(ctx.dataset)
-        self.assignments = torch.full((n,), -1, dtype=torch.long, device=ctx.device)
-        self.previous = torch.full((n,), -1, dtype=torch.long, device=ctx.device)
-
-    @torch.no_grad()
-    def _features(self, batch: dict) -> torch.Tensor:
-        return deepest_features(self.backbone, batch["x"])
+        self.assignments, self.previous = unassigned(ctx), unassigned(ctx)
 
     def on_epoch_start(self, ctx: FitContext) -> None:
-        self.eval()
-        features, labels, index = ctx.map(self._features, ctx.dataset, eval_transform(self.backbone.entry.input),
-                                          with_index=True)
+        features, labels, index = training_set_features(self, ctx)
         found = None
         if ctx.is_main:
             x = pca_whiten_l2(features.numpy(), self.options.pca_dim)
@@ -132,34 +117,29 @@ class DeepCluster(Method):
 
 METHOD = DeepCluster
 
-RECIPES = {
+RECIPES = method_recipes(__name__, {
     # facebookresearch/deepcluster main.sh and the paper (section 4): AlexNet with Sobel, k = 10,000,
     # PCA 256 + whitening + L2, FAISS k-means with 20 iterations, re-clustering every epoch, SGD lr
     # 0.05 with momentum 0.9 and weight decay 1e-5, batch 256, constant rate, dropout, random-resized
     # 224 crops and flips; 500 epochs (the paper; main.py's default is 200); seed 31 (main.py).
-    "paper": Recipe(
-        method="deepcluster", name="paper", model="deepcluster_alexnet", epochs=500, batch_size=256,
-        optimizer=Optimizer("sgd", lr=0.05, momentum=0.9, weight_decay=1e-5), schedule=Schedule("constant"),
-        data=None, data_hint=IMAGENET_HINT, workers=12, seed=31, checkpoint_every=5000, keep_last=3, log_every=50,
-        options=DeepClusterOptions(),
-        source="facebookresearch/deepcluster main.py / main.sh and the paper (arXiv 1807.05520, section 4)",
-    ),
+    "paper": paper_recipe(
+        model="deepcluster_alexnet", epochs=500, batch_size=256, optimizer=Optimizer(lr=0.05, weight_decay=1e-5),
+        workers=12, seed=31, checkpoint_every=5000, options=DeepClusterOptions(),
+        source="facebookresearch/deepcluster main.py / main.sh and the paper (arXiv 1807.05520, section 4)"),
     # S3L scale: Fashion-MNIST 32x32 grey, a 4-stage ResNet with 16-128 channels, 15,000 images,
     # k = 100 (10x the classes, as the paper's 10,000 is 10x ImageNet's), PCA to 32 of the 128
     # features (a quarter; the paper keeps 256 of 4,096: whitening every direction clusters noise),
     # random crops after 4-pixel padding and flips (random-resized crops did worse here), batch 64
     # (DeepCluster needs many steps per clustering to fit the new labels), 8 epochs.
-    "small": Recipe(
-        method="deepcluster", name="small", model="deepcluster_resnet_small_fmnist", epochs=8, batch_size=64,
-        optimizer=Optimizer("sgd", lr=0.05, momentum=0.9, weight_decay=1e-5), schedule=Schedule("constant"),
-        data="fmnist", limit=15_000, checkpoint_every=100, log_every=10,
+    "small": small_recipe(
+        model="deepcluster_resnet_small_fmnist", epochs=8, batch_size=64,
+        optimizer=Optimizer(lr=0.05, weight_decay=1e-5), limit=15_000, checkpoint_every=100, log_every=10,
         options=DeepClusterOptions(clusters=100, pca_dim=32, augment="crop-flip"),
-        source="the paper recipe scaled down (S3L: small images, network and data)",
-    ),
+        source="the paper recipe scaled down (S3L: small images, network and data)"),
     # Seconds: for tests.
-    "tiny": Recipe(
-        method="deepcluster", name="tiny", model="deepcluster_resnet_small_fmnist", epochs=2, batch_size=32,
-        optimizer=Optimizer("sgd", lr=0.05, momentum=0.9, weight_decay=1e-5), data="fmnist", limit=256,
-        checkpoint_every=4, log_every=1, options=DeepClusterOptions(clusters=8, pca_dim=16, augment="crop-flip"),
+    "tiny": tiny_recipe(
+        model="deepcluster_resnet_small_fmnist", epochs=2, batch_size=32,
+        optimizer=Optimizer(lr=0.05, weight_decay=1e-5),
+        options=DeepClusterOptions(clusters=8, pca_dim=16, augment="crop-flip"),
     ),
-}
+})

@@ -1,13 +1,14 @@
 """DeeperCluster: unsupervised pre-training on non-curated data (Caron et al. 2019).
 
 Caron, Bojanowski, Mairal, Joulin, "Unsupervised Pre-Training of Image Features on Non-Curated
-Data", ICCV 2019 (https://arxiv.org/abs/1905.01278). DeepCluster and RotNet combined in one hierarchical classification. The features of the unrotated
-images are clustered twice: first into m super-clusters, then each super-cluster into k/m
-sub-clusters. Every training image is rotated by one of 4 angles; its *super-class* is the pair
-(super-cluster, rotation), 4m classes in all, and its *sub-class* is its sub-cluster, predicted by
-a classifier of its own super-class. The loss is the cross-entropy of the super-class plus that of
-the sub-class. The paper: VGG-16-BN with Sobel on YFCC100M, 16 super-classes (m = 4 super-clusters
-x 4 rotations), k = 320,000 clusters in all, PCA to 4096, re-clustered every 3 epochs.
+Data", ICCV 2019 (https://arxiv.org/abs/1905.01278). DeepCluster and RotNet combined in one
+hierarchical classification. The features of the unrotated images are clustered twice: first into m
+super-clusters, then each super-cluster into k/m sub-clusters. Every training image is rotated by
+one of 4 angles; its *super-class* is the pair (super-cluster, rotation), 4m classes in all, and
+its *sub-class* is its sub-cluster, predicted by a classifier of its own super-class. The loss is
+the cross-entropy of the super-class plus that of the sub-class. The paper: VGG-16-BN with Sobel on
+YFCC100M, 16 super-classes (m = 4 super-clusters x 4 rotations), k = 320,000 clusters in all, PCA
+to 4096, re-clustered every 3 epochs.
 
 As in the official code, the clustering uses centre crops of unrotated images; every training
 image gets one rotation drawn at random (the official code gives each group of GPUs one rotation);
@@ -23,13 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.clustering import (deepest_feature_dim, deepest_features, kmeans, pca_whiten_l2,
-                                 uniform_cluster_indices)
-from training.engine import FitContext, Method
+from training.clustering import deepest_feature_dim, deepest_features, kmeans, pca_whiten_l2, uniform_cluster_indices
+from training.engine import FitContext
 from training.evaluation import nmi
-from training.recipes import Optimizer, Recipe, Schedule
-from training.transforms import eval_transform, resized_crop_flip, small_crop_flip
-from zoo.registry import create_model
+from training.methods.common import BackboneMethod, crop_flip_augment, training_set_features, unassigned
+from training.recipes import Optimizer, method_recipes, paper_recipe, small_recipe, tiny_recipe
 
 ROTATIONS = 4  # 0, 90, 180, 270 degrees
 
@@ -92,17 +91,12 @@ class DeeperClusterOptions:
     crop_padding: int = 4
 
 
-class DeeperCluster(Method):
-    name = "deepercluster"
+class DeeperCluster(BackboneMethod, options=DeeperClusterOptions):
     data_sized_buffers = ("super_cluster", "sub_cluster")
 
-    def __init__(self, recipe: Recipe):
-        super().__init__(recipe)
-        self.options: DeeperClusterOptions = recipe.options or DeeperClusterOptions()
-        o = self.options
+    def build(self, o: DeeperClusterOptions) -> None:
         if o.clusters % o.super_clusters:
             raise ValueError(f"clusters ({o.clusters}) must be a multiple of super_clusters ({o.super_clusters})")
-        self.backbone = create_model(recipe.model, **recipe.model_kwargs)
         dim = deepest_feature_dim(self.backbone)
         self.super_classes = o.super_clusters * ROTATIONS
         self.sub_classes = o.clusters // o.super_clusters
@@ -114,27 +108,17 @@ class DeeperCluster(Method):
         self.cluster_metrics: dict[str, float] = {}  # of the last clustering
 
     def train_transform(self):
-        spec = self.backbone.entry.input
-        if self.options.augment == "crop-flip":
-            return small_crop_flip(spec, self.options.crop_padding)
-        return resized_crop_flip(spec, self.options.crop_scale)
+        o = self.options
+        return crop_flip_augment(self.backbone.entry.input, o.augment, o.crop_scale, o.crop_padding)
 
     def on_fit_start(self, ctx: FitContext) -> None:
-        n = len(ctx.dataset)
-        self.super_cluster = torch.full((n,), -1, dtype=torch.long, device=ctx.device)
-        self.sub_cluster = torch.full((n,), -1, dtype=torch.long, device=ctx.device)
-
-    @torch.no_grad()
-    def _features(self, batch: dict) -> torch.Tensor:
-        return deepest_features(self.backbone, batch["x"])
+        self.super_cluster, self.sub_cluster = unassigned(ctx), unassigned(ctx)
 
     def on_epoch_start(self, ctx: FitContext) -> None:
         self.epoch_metrics = {}
         if ctx.epoch % self.options.reassign_every:
             return
-        self.eval()
-        features, labels, index = ctx.map(self._features, ctx.dataset, eval_transform(self.backbone.entry.input),
-                                          with_index=True)
+        features, labels, index = training_set_features(self, ctx)
         found = None
         if ctx.is_main:
             x = pca_whiten_l2(features.numpy(), self.options.pca_dim)
@@ -184,35 +168,30 @@ class DeeperCluster(Method):
 
 METHOD = DeeperCluster
 
-RECIPES = {
+RECIPES = method_recipes(__name__, {
     # facebookresearch/DeeperCluster README and main.py: VGG-16-BN with Sobel on YFCC100M (96M images),
     # 64 GPUs x 48 images per step, SGD lr 0.1 with momentum 0.9 and weight decay 1e-5, 100 epochs,
     # 16 super-classes (4 super-clusters x 4 rotations), k = 320,000, PCA 4096, 10 k-means
     # iterations, re-clustering every 3 epochs; random-resized 224 crops and flips.
-    "paper": Recipe(
-        method="deepercluster", name="paper", model="deepercluster_vgg16", epochs=100, batch_size=64 * 48,
-        optimizer=Optimizer("sgd", lr=0.1, momentum=0.9, weight_decay=1e-5), schedule=Schedule("constant"),
-        data=None, data_hint="YFCC100M (or any large image collection) as an ImageFolder tree: --data /path/to/images",
-        workers=10, checkpoint_every=1000, keep_last=3, log_every=50, options=DeeperClusterOptions(),
-        source="facebookresearch/DeeperCluster README.md and main.py (arXiv 1905.01278)",
-    ),
+    "paper": paper_recipe(
+        model="deepercluster_vgg16", epochs=100, batch_size=64 * 48, optimizer=Optimizer(lr=0.1, weight_decay=1e-5),
+        data_hint="YFCC100M (or any large image collection) as an ImageFolder tree: --data /path/to/images",
+        workers=10, options=DeeperClusterOptions(),
+        source="facebookresearch/DeeperCluster README.md and main.py (arXiv 1905.01278)"),
     # S3L scale: Fashion-MNIST 32x32 grey, the clustering recipes' small ResNet, 15,000 images,
     # 2 super-clusters x 4 rotations = 8 super-classes, 100 sub-clusters in all, PCA to 32 of the
     # 128 features, random crops after 4-pixel padding and flips, re-clustered every 2 epochs,
     # 8 epochs, batch 64.
-    "small": Recipe(
-        method="deepercluster", name="small", model="deepercluster_resnet_small_fmnist", epochs=8, batch_size=64,
-        optimizer=Optimizer("sgd", lr=0.05, momentum=0.9, weight_decay=1e-5), schedule=Schedule("constant"),
-        data="fmnist", limit=15_000, checkpoint_every=100, log_every=10,
+    "small": small_recipe(
+        model="deepercluster_resnet_small_fmnist", epochs=8, batch_size=64,
+        optimizer=Optimizer(lr=0.05, weight_decay=1e-5), limit=15_000, checkpoint_every=100, log_every=10,
         options=DeeperClusterOptions(clusters=100, super_clusters=2, pca_dim=32, reassign_every=2,
                                      augment="crop-flip"),
-        source="the paper recipe scaled down (S3L: small images, network and data)",
-    ),
+        source="the paper recipe scaled down (S3L: small images, network and data)"),
     # Seconds: for tests.
-    "tiny": Recipe(
-        method="deepercluster", name="tiny", model="deepercluster_resnet_small_fmnist", epochs=2, batch_size=32,
-        optimizer=Optimizer("sgd", lr=0.05, momentum=0.9, weight_decay=1e-5), data="fmnist", limit=256,
-        checkpoint_every=4, log_every=1,
+    "tiny": tiny_recipe(
+        model="deepercluster_resnet_small_fmnist", epochs=2, batch_size=32,
+        optimizer=Optimizer(lr=0.05, weight_decay=1e-5),
         options=DeeperClusterOptions(clusters=8, super_clusters=2, pca_dim=16, reassign_every=1, augment="crop-flip"),
     ),
-}
+})

@@ -1,16 +1,17 @@
 """IIC: Invariant Information Clustering (Ji, Henriques, Vedaldi 2019).
 
 "Invariant Information Clustering for Unsupervised Image Classification and Segmentation", ICCV
-2019 (https://arxiv.org/abs/1807.06653). A network with softmax heads is trained so that the cluster predictions of two augmented views of
-the same image share as much information as possible: the loss is minus the mutual information of
-the (K x K) joint distribution ``P = mean_i p(x_i) p(x'_i)^T``, symmetrised. Maximising it rewards
-confident predictions (low conditional entropy) and a uniform use of the clusters (high marginal
-entropy) at once, without any pseudo-labels. A main head with as many clusters as classes sits
-beside an over-clustering head (70 clusters for CIFAR-10, 50 for MNIST), each repeated in 5
-sub-heads; the main head is evaluated by mapping clusters to classes with the Hungarian algorithm,
-using the sub-head with the lowest training loss, as the paper does. The paper trains the two heads
-in alternation (on MNIST the main head for two epochs, then the over-clustering head for one); the small
-recipe trains both at every step (their losses summed), which its few epochs need.
+2019 (https://arxiv.org/abs/1807.06653). A network with softmax heads is trained so that the
+cluster predictions of two augmented views of the same image share as much information as possible:
+the loss is minus the mutual information of the (K x K) joint distribution
+``P = mean_i p(x_i) p(x'_i)^T``, symmetrised. Maximising it rewards confident predictions (low conditional entropy) and
+a uniform use of the clusters (high marginal entropy) at once, without any pseudo-labels. A main
+head with as many clusters as classes sits beside an over-clustering head (70 clusters for
+CIFAR-10, 50 for MNIST), each repeated in 5 sub-heads; the main head is evaluated by mapping
+clusters to classes with the Hungarian algorithm, using the sub-head with the lowest training loss,
+as the paper does. The paper trains the two heads in alternation (on MNIST the main head for two
+epochs, then the over-clustering head for one); the small recipe trains both at every step (their
+losses summed), which its few epochs need.
 
 Each image is paired with ``repeats`` differently transformed copies of itself (the paper's
 "data repeats"): the original view is encoded once, each copy once.
@@ -24,13 +25,12 @@ import torch
 from torch import nn
 
 from training.clustering import deepest_feature_dim, deepest_features
-from training.data import DataError, limit_dataset, open_dataset
-from training.engine import FitContext, Method
+from training.engine import FitContext
 from training.evaluation import hungarian_accuracy, nmi
-from training.recipes import Optimizer, Recipe, Schedule
+from training.methods.common import BackboneMethod, heldout_images
+from training.recipes import Optimizer, method_recipes, paper_recipe, small_recipe, tiny_recipe
 from training.transforms import eval_transform, normalise, random_hflip, resize_shorter, to_rgb_float
 from zoo.preprocess import resize_and_crop
-from zoo.registry import create_model
 
 
 def iic_joint(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
@@ -123,14 +123,8 @@ class IICOptions:
     jitter: float = 0.4             # brightness, contrast, saturation; hue 0.125
 
 
-class IIC(Method):
-    name = "iic"
-
-    def __init__(self, recipe: Recipe):
-        super().__init__(recipe)
-        self.options: IICOptions = recipe.options or IICOptions()
-        o = self.options
-        self.backbone = create_model(recipe.model, **recipe.model_kwargs)
+class IIC(BackboneMethod, options=IICOptions):
+    def build(self, o: IICOptions) -> None:
         dim = deepest_feature_dim(self.backbone)
         self.main_heads = nn.ModuleList(nn.Linear(dim, o.classes) for _ in range(o.sub_heads))
         self.overcluster_heads = nn.ModuleList(nn.Linear(dim, o.overclusters) for _ in range(o.sub_heads))
@@ -176,13 +170,9 @@ class IIC(Method):
 
     def evaluate(self, ctx: FitContext) -> dict[str, float]:
         """NMI and Hungarian accuracy of the main head's clusters on held-out images."""
-        try:
-            heldout = open_dataset(self.recipe.heldout or ctx.data, "test")
-        except DataError as err:
-            if ctx.is_main:
-                print(f"note: no clustering scores on held-out images ({err})")
+        heldout = heldout_images(self, ctx, "clustering scores")
+        if heldout is None:
             return {}
-        heldout = limit_dataset(heldout, self.recipe.heldout_limit, self.recipe.seed)
         predicted, labels = ctx.map(self._predict, heldout, eval_transform(self.backbone.entry.input))
         if not len(labels) or int(labels.min()) < 0:
             return {}
@@ -193,40 +183,34 @@ class IIC(Method):
 
 METHOD = IIC
 
-RECIPES = {
+RECIPES = method_recipes(__name__, {
     # The released STL-10 model (xu-ji/IIC examples/commands.txt, model 569; registry iic_net5g):
     # ClusterNet5g on Sobel gradients, over-clustering head 70 and main head 10, 5 sub-heads,
     # 5 data repeats of 140 images (700 pairs per step), Adam lr 1e-4, lambda 1, 2,000 epochs each
     # training the over-clustering head and then the main head once (head_A_first), STL-10 train
     # and unlabelled images (mix_train); originals and copies are random 64-pixel crops of the
     # 96-pixel images, copies also flipped and colour-jittered (0.4, 0.4, 0.4, hue 0.125).
-    "paper": Recipe(
-        method="iic", name="paper", model="iic_net5g", epochs=2000 * 2, batch_size=140,
-        optimizer=Optimizer("adam", lr=1e-4), schedule=Schedule("constant"),
-        data=None, data_hint="STL-10 train + unlabelled images as an ImageFolder tree: --data /path/to/stl10",
-        checkpoint_every=1000, log_every=50, workers=5,
+    "paper": paper_recipe(
+        model="iic_net5g", epochs=2000 * 2, batch_size=140, optimizer=Optimizer("adam", lr=1e-4), workers=5,
+        data_hint="STL-10 train + unlabelled images as an ImageFolder tree: --data /path/to/stl10",
         options=IICOptions(classes=10, overclusters=70, repeats=5, original_crop=64, crop_sizes=(64,),
                            max_degrees=0.0, head_cycle=("overcluster", "main")),
-        source="xu-ji/IIC examples/commands.txt (STL-10, model 569), code/utils/cluster/transforms.py",
-    ),
+        source="xu-ji/IIC examples/commands.txt (STL-10, model 569), code/utils/cluster/transforms.py"),
     # S3L scale, after the paper's MNIST recipe (model 685: heads 50 and 10, copies rotated by up to
     # 25 degrees half of the time, cropped to 16/20/24 pixels of the 28-pixel digits): Fashion-MNIST
     # at 32x32, crops of 20/24/28, flips (garments are mirror-symmetric), the clustering recipes'
     # small ResNet, 10,000 images, one copy per image (more steps for the same compute), both heads
     # at every step, 10 epochs, Adam at 1e-3 for the short run. Milder crops of 24/28/32 clustered
     # worse (seed 0: main head NMI 39.2 vs 44.0, Hungarian 36.6 vs 43.7 %; k-means NMI 43.6 vs 47.7).
-    "small": Recipe(
-        method="iic", name="small", model="iic_resnet_small_fmnist", epochs=10, batch_size=128,
-        optimizer=Optimizer("adam", lr=1e-3), schedule=Schedule("constant"), data="fmnist", limit=10_000,
-        heldout_limit=10_000, checkpoint_every=100, log_every=10,
+    "small": small_recipe(
+        model="iic_resnet_small_fmnist", epochs=10, batch_size=128, optimizer=Optimizer("adam", lr=1e-3),
+        limit=10_000, heldout_limit=10_000, checkpoint_every=100, log_every=10,
         options=IICOptions(classes=10, overclusters=50, repeats=1, head_cycle=("both",)),
-        source="the paper's MNIST recipe (model 685) scaled to S3L: small images, network and data",
-    ),
+        source="the paper's MNIST recipe (model 685) scaled to S3L: small images, network and data"),
     # Seconds: for tests.
-    "tiny": Recipe(
-        method="iic", name="tiny", model="iic_resnet_small_fmnist", epochs=2, batch_size=32,
-        optimizer=Optimizer("adam", lr=1e-3), data="fmnist", limit=256, heldout_limit=256, checkpoint_every=4,
-        log_every=1, options=IICOptions(classes=10, overclusters=20, sub_heads=2, repeats=1,
-                                        head_cycle=("overcluster", "main")),
+    "tiny": tiny_recipe(
+        model="iic_resnet_small_fmnist", epochs=2, batch_size=32, optimizer=Optimizer("adam", lr=1e-3),
+        heldout_limit=256, options=IICOptions(classes=10, overclusters=20, sub_heads=2, repeats=1,
+                                              head_cycle=("overcluster", "main")),
     ),
-}
+})

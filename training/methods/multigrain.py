@@ -20,13 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.data import limit_dataset
-from training.engine import FitContext, Method
+from training.engine import FitContext
+from training.methods.common import BackboneMethod, grey_view
 from training.methods.heads import feature_dim
 from training.methods.views import ViewRecipe, Views
-from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule
+from training.recipes import (SMALL_EMBEDDING, Optimizer, Schedule, method_recipes, paper_recipe,
+                              small_recipe, tiny_recipe)
 from training.transforms import eval_transform
 from zoo.pooling import GeM, gem
-from zoo.registry import create_model
 
 
 def margin_loss(anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
@@ -122,13 +123,8 @@ class MultiGrainOptions:
     p_images: int = 50_000              # training images scored for p* (the paper: 50 per class)
 
 
-class MultiGrain(Method):
-    name = "multigrain"
-
-    def __init__(self, recipe: Recipe):
-        super().__init__(recipe)
-        o = self.options = recipe.options or MultiGrainOptions()
-        self.backbone = create_model(recipe.model, **recipe.model_kwargs)
+class MultiGrain(BackboneMethod, options=MultiGrainOptions):
+    def build(self, o: MultiGrainOptions) -> None:
         if isinstance(getattr(self.backbone, "pool", None), GeM):
             # MultiGrain's own ResNet-50 layout (resnet50_gem): GeM is the backbone's last layer
             self.backbone.pool = GeM(o.p, learn_p=o.learn_p)
@@ -193,7 +189,7 @@ class MultiGrain(Method):
 
 METHOD = MultiGrain
 
-RECIPES = {
+RECIPES = method_recipes(__name__, {
     # facebookresearch/multigrain README ("joint_3B_0.5") and scripts/train.py defaults: ResNet-50,
     # GeM p = 3, lambda = 0.5, repeated augmentation m = 3, batch 512 (here: 171 images x 3 copies =
     # 513), SGD lr 0.2 momentum 0.9 weight decay 1e-4, 120 epochs with the lr divided by 10 after
@@ -202,29 +198,21 @@ RECIPES = {
     # resized crop, flip, colour jitter 0.3). p* is chosen for s* = 500 (the paper finds p* = 4).
     # Differences: an epoch here shows every image 3 times (the original draws 2N/3 images x 3);
     # the PCA lighting noise of the "full" augmentation is not reproduced.
-    "paper": Recipe(
-        method="multigrain", name="paper", model="multigrain_resnet50", epochs=120, batch_size=171,
-        optimizer=Optimizer("sgd", lr=0.2, momentum=0.9, weight_decay=1e-4),
-        schedule=Schedule("step", milestones=(30, 60, 90), gamma=0.1), data=None, data_hint=IMAGENET_HINT,
-        workers=8, checkpoint_every=1000, log_every=50, options=MultiGrainOptions(),
-        source="facebookresearch/multigrain README and scripts/train.py; Berman et al. 2019 (arXiv 1902.05509)",
-    ),
+    "paper": paper_recipe(
+        model="multigrain_resnet50", epochs=120, batch_size=171, optimizer=Optimizer(lr=0.2, weight_decay=1e-4),
+        schedule=Schedule("step", milestones=(30, 60, 90)), options=MultiGrainOptions(),
+        source="facebookresearch/multigrain README and scripts/train.py; Berman et al. 2019 (arXiv 1902.05509)"),
     # S3L scale: Fashion-MNIST 32x32 grey with its labels, the small ResNet, 10,000 images x 3
     # copies; p* is chosen for 48-pixel inputs (1.5 x the training size).
-    "small": Recipe(
-        method="multigrain", name="small", model="multigrain_resnet_small_fmnist", epochs=1, batch_size=64,
-        optimizer=Optimizer("sgd", lr=0.1, momentum=0.9, weight_decay=1e-4),
-        schedule=Schedule("cosine", warmup_epochs=0.1), data="fmnist", limit=10_000, precision="bf16",
-        checkpoint_every=20, log_every=5,
-        options=MultiGrainOptions(num_classes=10, test_size=48, p_images=2_000, batched_views=True, view=ViewRecipe(
-            crop_scale=(0.2, 1.0), jitter=(0.3, 0.3, 0.0), jitter_p=1.0, grey_p=0.0, blur_p=0.0)),
-        source="facebookresearch/multigrain, scaled down",
-    ),
-    "tiny": Recipe(
-        method="multigrain", name="tiny", model="multigrain_resnet_small_fmnist", epochs=1, batch_size=12,
-        optimizer=Optimizer("sgd", lr=0.1, momentum=0.9, weight_decay=1e-4), data="fmnist", limit=96,
-        checkpoint_every=4, log_every=1,
+    "small": small_recipe(
+        **SMALL_EMBEDDING, model="multigrain_resnet_small_fmnist", epochs=1, batch_size=64,
+        optimizer=Optimizer(lr=0.1, weight_decay=1e-4),
+        options=MultiGrainOptions(num_classes=10, test_size=48, p_images=2_000, batched_views=True,
+                                  view=grey_view(0.3, jitter_p=1.0)),
+        source="facebookresearch/multigrain, scaled down"),
+    "tiny": tiny_recipe(
+        model="multigrain_resnet_small_fmnist", batch_size=12, limit=96, optimizer=Optimizer(lr=0.1, weight_decay=1e-4),
         options=MultiGrainOptions(num_classes=10, test_size=40, p_images=64, p_candidates=(1.0, 3.0, 5.0),
-                                  view=ViewRecipe(crop_scale=(0.2, 1.0), jitter=(0.3, 0.3, 0.0), grey_p=0.0)),
+                                  view=grey_view(0.3, blur_p=0.5)),
     ),
-}
+})

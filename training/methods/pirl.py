@@ -16,16 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.engine import FitContext, Method
+from training.engine import FitContext
+from training.methods.common import BackboneMethod, grey_view
 from training.methods.heads import feature_dim, pooled_features
-from training.methods.npid import (MemoryBank, fill_memory_bank, gather_from_ranks, instance_softmax_loss,
-                                   nce_loss, nce_normaliser)
+from training.methods.memory_bank import MemoryBank, fill_memory_bank, instance_softmax_loss, nce_loss
 from training.methods.views import (ViewRecipe, colour_jitter, random_greyscale, random_resized_crop,
                                     view_transform)
-from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule
+from training.recipes import (SMALL_EMBEDDING, Optimizer, Schedule, method_recipes, paper_recipe,
+                              small_recipe, tiny_recipe)
 from training.transforms import to_rgb_float
 from zoo.preprocess import convert_and_normalise
-from zoo.registry import create_model
 
 
 def jigsaw_patches(image: torch.Tensor, grid: int = 3, patch: int | None = None,
@@ -81,13 +81,8 @@ class PIRLOptions:
         crop_scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.4), jitter_p=1.0, grey_p=0.2, blur_p=0.0))
 
 
-class PIRL(Method):
-    name = "pirl"
-
-    def __init__(self, recipe: Recipe):
-        super().__init__(recipe)
-        o = self.options = recipe.options or PIRLOptions()
-        self.backbone = create_model(recipe.model, **recipe.model_kwargs)
+class PIRL(BackboneMethod, options=PIRLOptions):
+    def build(self, o: PIRLOptions) -> None:
         dim = feature_dim(self.backbone)
         self.image_head = nn.Linear(dim, o.embedding_dim)                      # f
         self.patch_head = nn.Linear(dim, o.embedding_dim)                      # each patch
@@ -125,7 +120,6 @@ class PIRL(Method):
         b, k = patches.shape[:2]
         per_patch = self.patch_head(pooled_features(self.backbone, patches.flatten(0, 1)))
         g = F.normalize(self.jigsaw_head(per_patch.reshape(b, -1)).float(), dim=1)
-        n = len(self.memory)
         if o.negatives == 0:
             bank = self.memory.vectors
             loss = (o.patch_weight * instance_softmax_loss(g, bank, index, o.temperature)
@@ -133,12 +127,9 @@ class PIRL(Method):
         else:
             image_sims = self.memory.similarities(f, index, o.negatives)
             patch_sims = self.memory.similarities(g, index, o.negatives)
-            if self.memory.normaliser < 0:  # Z fixed from the first batch, as in NPID
-                z = torch.tensor(nce_normaliser(image_sims, o.temperature, n), device=f.device)
-                self.memory.normaliser.fill_(float(gather_from_ranks(z.view(1)).mean()))
-            loss = pirl_loss(image_sims, patch_sims, o.temperature, float(self.memory.normaliser), n,
-                             o.patch_weight)
-        self.memory.update(gather_from_ranks(index), gather_from_ranks(f.detach()))
+            normaliser = self.memory.fixed_normaliser(image_sims, o.temperature)
+            loss = pirl_loss(image_sims, patch_sims, o.temperature, normaliser, len(self.memory), o.patch_weight)
+        self.memory.update_from_all_ranks(index, f)
         with torch.no_grad():
             agreement = (f * g).sum(dim=1).mean()  # cosine between f(I) and g(I^t)
         return {"loss": loss, "image_jigsaw_cos": agreement}
@@ -146,7 +137,7 @@ class PIRL(Method):
 
 METHOD = PIRL
 
-RECIPES = {
+RECIPES = method_recipes(__name__, {
     # VISSL configs/config/pretrain/pirl/pirl_jigsaw_4node_resnet50.yaml with epochs_200.yaml (the
     # release with 62.9 % linear top-1): ResNet-50, batch 32 x 32 GPUs = 1024, SGD momentum 0.9,
     # weight decay 1e-4 (not on BN and biases), lr 0.12 (0.03 x 1024/256) cosine to 0.00012, 200
@@ -154,33 +145,24 @@ RECIPES = {
     # 0.5 / 0.5; image: random-resized crop 224 of 8-100 %; patches: a 255 crop of 60-100 %, 3 x 3
     # jigsaw (64-pixel patches with jitter, shuffled); colour jitter 0.4 and greyscale 0.2 on the
     # image and each patch; flips. Not reproduced: hue jitter and VISSL's extra photometric step.
-    "paper": Recipe(
-        method="pirl", name="paper", model="pirl_resnet50", epochs=200, batch_size=1024,
-        optimizer=Optimizer("sgd", lr=0.12, momentum=0.9, weight_decay=1e-4),
-        schedule=Schedule("cosine", final_fraction=0.001), data=None, data_hint=IMAGENET_HINT, workers=8,
-        checkpoint_every=1000, log_every=50, options=PIRLOptions(),
-        source="facebookresearch/vissl PIRL configs (pirl_jigsaw_4node_resnet50.yaml, epochs_200.yaml)",
-    ),
+    "paper": paper_recipe(
+        model="pirl_resnet50", epochs=200, batch_size=1024, optimizer=Optimizer(lr=0.12, weight_decay=1e-4),
+        schedule=Schedule("cosine", final_fraction=0.001), options=PIRLOptions(),
+        source="facebookresearch/vissl PIRL configs (pirl_jigsaw_4node_resnet50.yaml, epochs_200.yaml)"),
     # S3L scale: Fashion-MNIST 32x32 grey, the small ResNet, 10,000 images seen 10 times, full
     # softmax over the bank (started from the untrained network's embeddings, as NPID's small
     # recipe); the patches (8 x 8 from 10-pixel cells) are cut from a 30-pixel crop. 10,000
     # rather than 3,000 images (780 steps instead of 230), as for NPID: kNN 73.2 instead of 68.8
     # and copy-detection mAP 51.0 instead of 44.0; the linear probe stayed within noise of random
     # init either way (87.15 and 87.34 vs 87.02).
-    "small": Recipe(
-        method="pirl", name="small", model="pirl_resnet_small_fmnist", epochs=10, batch_size=128,
-        optimizer=Optimizer("sgd", lr=0.03, momentum=0.9, weight_decay=5e-4),
-        schedule=Schedule("cosine", warmup_epochs=0.1), data="fmnist", limit=10_000, precision="bf16",
-        checkpoint_every=20, log_every=5,
-        options=PIRLOptions(temperature=0.1, negatives=0, bank_init="features", patch_crop=30, view=ViewRecipe(
-            crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.0), jitter_p=1.0, grey_p=0.0, blur_p=0.0)),
-        source="facebookresearch/vissl PIRL configs, scaled down",
+    "small": small_recipe(
+        **SMALL_EMBEDDING, model="pirl_resnet_small_fmnist", epochs=10, batch_size=128,
+        optimizer=Optimizer(lr=0.03, weight_decay=5e-4),
+        options=PIRLOptions(temperature=0.1, negatives=0, bank_init="features", patch_crop=30,
+                            view=grey_view(jitter_p=1.0)),
+        source="facebookresearch/vissl PIRL configs, scaled down"),
+    "tiny": tiny_recipe(
+        model="pirl_resnet_small_fmnist", batch_size=16, limit=64, optimizer=Optimizer(lr=0.03, weight_decay=1e-4),
+        options=PIRLOptions(embedding_dim=32, negatives=16, patch_crop=30, view=grey_view(blur_p=0.5)),
     ),
-    "tiny": Recipe(
-        method="pirl", name="tiny", model="pirl_resnet_small_fmnist", epochs=1, batch_size=16,
-        optimizer=Optimizer("sgd", lr=0.03, momentum=0.9, weight_decay=1e-4), data="fmnist", limit=64,
-        checkpoint_every=4, log_every=1,
-        options=PIRLOptions(embedding_dim=32, negatives=16, patch_crop=30, view=ViewRecipe(
-            crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.0), grey_p=0.0)),
-    ),
-}
+})

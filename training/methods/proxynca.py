@@ -13,11 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.engine import Method
+from training.methods.common import BackboneMethod, grey_view
 from training.methods.heads import feature_dim, pooled_features
 from training.methods.views import ViewRecipe, Views
-from training.recipes import Optimizer, Recipe, Schedule
-from zoo.registry import create_model
+from training.recipes import SMALL_EMBEDDING, Optimizer, method_recipes, paper_recipe, small_recipe, tiny_recipe
 
 
 def proxy_nca_loss(embeddings: torch.Tensor, labels: torch.Tensor, proxies: torch.Tensor,
@@ -46,13 +45,8 @@ class ProxyNCAOptions:
     batched_views: bool = False         # augment whole batches in forward (see views.Views)
 
 
-class ProxyNCA(Method):
-    name = "proxynca"
-
-    def __init__(self, recipe: Recipe):
-        super().__init__(recipe)
-        o = self.options = recipe.options or ProxyNCAOptions()
-        self.backbone = create_model(recipe.model, **recipe.model_kwargs)
+class ProxyNCA(BackboneMethod, options=ProxyNCAOptions):
+    def build(self, o: ProxyNCAOptions) -> None:
         self.embedding = nn.Linear(feature_dim(self.backbone), o.embedding_dim)
         self.proxies = nn.Parameter(torch.randn(o.num_classes, o.embedding_dim) / o.embedding_dim ** 0.5)
         self.views = Views(self.backbone.entry.input, [o.view], o.batched_views)
@@ -77,21 +71,17 @@ class ProxyNCA(Method):
 
 METHOD = ProxyNCA
 
-RECIPES = {
+RECIPES = method_recipes(__name__, {
     # Movshovitz-Attias et al. 2017: zero-shot retrieval on CUB-200-2011 (train on classes 1-100,
     # retrieve among classes 101-200), one proxy per class, 64-d embedding, batch 32, random crops
     # and flips of an ImageNet-pretrained network (Inception with BatchNorm; the zoo's nearest is
     # ResNet-50). The paper trains with RMSprop; its exact learning rates are not in the sources
     # we could read, so the optimiser below (Adam 1e-4, proxies x 100) is ours, not the paper's.
-    "paper": Recipe(
-        method="proxynca", name="paper", model="proxynca_resnet50", model_kwargs={"num_classes": None},
-        epochs=50, batch_size=32, optimizer=Optimizer("adam", lr=1e-4, weight_decay=0.0),
-        schedule=Schedule("constant"), data=None,
+    "paper": paper_recipe(
+        model="proxynca_resnet50", model_kwargs={"num_classes": None}, epochs=50, batch_size=32,
+        optimizer=Optimizer("adam", lr=1e-4), options=ProxyNCAOptions(proxy_lr_scale=100.0),
         data_hint="the 100 training classes of CUB-200-2011 as an ImageFolder tree: --data /path/to/cub_train",
-        workers=8, checkpoint_every=1000, log_every=50,
-        options=ProxyNCAOptions(proxy_lr_scale=100.0),
-        source="Movshovitz-Attias et al. 2017 (arXiv 1703.07464), Sec. 5; optimiser settings are ours",
-    ),
+        source="Movshovitz-Attias et al. 2017 (arXiv 1703.07464), Sec. 5; optimiser settings are ours"),
     # S3L scale: Fashion-MNIST 32x32 grey with its 10 classes, the small ResNet, 10,000 images;
     # embeddings and proxies on a sphere of radius 3 (a sharper softmax than the unit sphere).
     # Views: with crops and flips only, training on 10 classes pulled all images of a class
@@ -100,19 +90,15 @@ RECIPES = {
     # So the views add brightness/contrast jitter, wider crops (down to 20 % of the area) and blur,
     # the distortions the copies are made of (zoo.retrieval). With these views 2 epochs (156
     # steps) beat random init on kNN and mAP but not on the linear probe (86.9 vs 87.0), so 6.
-    "small": Recipe(
-        method="proxynca", name="small", model="proxynca_resnet_small_fmnist", epochs=6, batch_size=128,
-        optimizer=Optimizer("adam", lr=1e-3, weight_decay=0.0), schedule=Schedule("cosine", warmup_epochs=0.1),
-        data="fmnist", limit=10_000, precision="bf16", checkpoint_every=20, log_every=5,
+    "small": small_recipe(
+        **SMALL_EMBEDDING, model="proxynca_resnet_small_fmnist", epochs=6, batch_size=128,
+        optimizer=Optimizer("adam", lr=1e-3),
         options=ProxyNCAOptions(num_classes=10, scale=3.0, proxy_lr_scale=10.0, batched_views=True,
-                                view=ViewRecipe(crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.0), jitter_p=0.8,
-                                                grey_p=0.0, blur_p=0.5)),
-        source="Movshovitz-Attias et al. 2017, scaled down",
-    ),
-    "tiny": Recipe(
-        method="proxynca", name="tiny", model="proxynca_resnet_small_fmnist", epochs=1, batch_size=16,
-        optimizer=Optimizer("adam", lr=1e-3), data="fmnist", limit=64, checkpoint_every=4, log_every=1,
+                                view=grey_view(blur_p=0.5)),
+        source="Movshovitz-Attias et al. 2017, scaled down"),
+    "tiny": tiny_recipe(
+        model="proxynca_resnet_small_fmnist", batch_size=16, limit=64, optimizer=Optimizer("adam", lr=1e-3),
         options=ProxyNCAOptions(num_classes=10, embedding_dim=16, scale=3.0,
                                 view=ViewRecipe(crop_scale=(0.3, 1.0), jitter_p=0.0, grey_p=0.0)),
     ),
-}
+})

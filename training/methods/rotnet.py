@@ -16,12 +16,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.data import DataError, limit_dataset, open_dataset
-from training.engine import FitContext, Method
-from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule
-from training.transforms import eval_transform, resized_crop_flip, rotate_batch, small_crop_flip
+from training.engine import FitContext
+from training.methods.common import BackboneMethod, crop_flip_augment, heldout_images
+from training.recipes import Optimizer, Schedule, method_recipes, paper_recipe, small_recipe, tiny_recipe
+from training.transforms import eval_transform, rotate_batch
 from zoo.inspect import layer_shapes
-from zoo.registry import create_model
 
 
 @dataclass(frozen=True)
@@ -31,26 +30,19 @@ class RotNetOptions:
     crop_padding: int = 4
 
 
-class RotNet(Method):
-    name = "rotnet"
-
-    def __init__(self, recipe: Recipe):
-        super().__init__(recipe)
-        self.options: RotNetOptions = recipe.options or RotNetOptions()
-        self.backbone = create_model(recipe.model, **recipe.model_kwargs)
+class RotNet(BackboneMethod, options=RotNetOptions):
+    def build(self, o: RotNetOptions) -> None:
         _official_init(self.backbone)
         deepest = layer_shapes(self.backbone, self.backbone.entry.input)[self.backbone.feature_layers[-1]]
-        self.head = nn.Linear(deepest[0], len(self.options.quarter_turns))
+        self.head = nn.Linear(deepest[0], len(o.quarter_turns))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         f = self.backbone(x)
         return F.adaptive_avg_pool2d(f, 1).flatten(1) if f.dim() == 4 else f
 
     def train_transform(self):
-        spec = self.backbone.entry.input
-        if self.options.augment == "resized-crop-flip":
-            return resized_crop_flip(spec)
-        return small_crop_flip(spec, self.options.crop_padding)
+        o = self.options
+        return crop_flip_augment(self.backbone.entry.input, o.augment, crop_padding=o.crop_padding)
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         rotated, target = rotate_batch(batch["x"], self.options.quarter_turns)
@@ -67,13 +59,9 @@ class RotNet(Method):
 
     def evaluate(self, ctx: FitContext) -> dict[str, float]:
         """Rotation accuracy on held-out images (the data's test split unless the recipe names one)."""
-        try:
-            heldout = open_dataset(self.recipe.heldout or ctx.data, "test")
-        except DataError as err:
-            if ctx.is_main:
-                print(f"note: no rotation accuracy on held-out images ({err})")
+        heldout = heldout_images(self, ctx, "rotation accuracy")
+        if heldout is None:
             return {}
-        heldout = limit_dataset(heldout, self.recipe.heldout_limit, self.recipe.seed)
         correct, _ = ctx.map(self.rotation_correct, heldout, eval_transform(self.backbone.entry.input))
         return {"rotation_acc": float(correct.sum() / (len(correct) * len(self.options.quarter_turns)))}
 
@@ -90,37 +78,30 @@ def _official_init(module: nn.Module) -> None:
 
 METHOD = RotNet
 
-RECIPES = {
+RECIPES = method_recipes(__name__, {
     # The official configuration that produced the released AlexNet (config/ImageNet_RotNet_AlexNet.py
     # in gidariss/FeatureLearningRotNet, model_net_epoch50): 192 images per batch, each in all 4
     # rotations (768 inputs); SGD with Nesterov momentum 0.9 and weight decay 5e-4; its learning-rate
     # table gives 0.01 for epochs 0-14, 0.001 for 15-29, 1e-4 for 30-44, 1e-5 for 45-49; random-resized
     # 224 crops and horizontal flips.
-    "paper": Recipe(
-        method="rotnet", name="paper", model="rotnet_alexnet", epochs=50, batch_size=192,
-        optimizer=Optimizer("sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True),
-        schedule=Schedule("step", milestones=(15, 30, 45), gamma=0.1),
-        data=None, data_hint=IMAGENET_HINT, workers=8, checkpoint_every=1000, keep_last=3, log_every=50,
-        options=RotNetOptions(augment="resized-crop-flip"),
-        source="gidariss/FeatureLearningRotNet config/ImageNet_RotNet_AlexNet.py (the released model's schedule)",
-    ),
+    "paper": paper_recipe(
+        model="rotnet_alexnet", epochs=50, batch_size=192,
+        optimizer=Optimizer(lr=0.01, weight_decay=5e-4, nesterov=True),
+        schedule=Schedule("step", milestones=(15, 30, 45)), options=RotNetOptions(augment="resized-crop-flip"),
+        source="gidariss/FeatureLearningRotNet config/ImageNet_RotNet_AlexNet.py (the released model's schedule)"),
     # S3L scale: Fashion-MNIST at 32x32 grey, the paper's 4-block NIN at width 32 (registry entry
     # rotnet_nin_fmnist), a fixed 12,800-image subset, 2 epochs of 200 steps; the CIFAR recipe's
     # optimiser (SGD 0.1, Nesterov, wd 5e-4, x0.2 steps) compressed into those epochs.
-    "small": Recipe(
-        method="rotnet", name="small", model="rotnet_nin_fmnist", epochs=2, batch_size=64,
-        optimizer=Optimizer("sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True),
+    "small": small_recipe(
+        model="rotnet_nin_fmnist", epochs=2, batch_size=64,
+        optimizer=Optimizer(lr=0.1, weight_decay=5e-4, nesterov=True),
         schedule=Schedule("step", milestones=(1.2, 1.7), gamma=0.2, warmup_epochs=0.1),
-        data="fmnist", limit=12_800, heldout_limit=2_000, checkpoint_every=50, log_every=10,
-        options=RotNetOptions(),
+        limit=12_800, heldout_limit=2_000, checkpoint_every=50, log_every=10, options=RotNetOptions(),
         source="CIFAR schedule of gidariss/FeatureLearningRotNet (config/CIFAR10_RotNet_NIN4blocks.py: 200 epochs, "
-               "lr 0.1 x0.2 at 60/120/160), compressed to 2 epochs",
-    ),
+               "lr 0.1 x0.2 at 60/120/160), compressed to 2 epochs"),
     # Seconds: for tests and `zoo quickstart --fast`.
-    "tiny": Recipe(
-        method="rotnet", name="tiny", model="rotnet_nin_fmnist", model_kwargs={"width": 16}, epochs=1,
-        batch_size=32, optimizer=Optimizer("sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True),
-        schedule=Schedule("constant"), data="fmnist", limit=512, heldout_limit=256, checkpoint_every=4,
-        log_every=1, options=RotNetOptions(),
+    "tiny": tiny_recipe(
+        model="rotnet_nin_fmnist", model_kwargs={"width": 16}, batch_size=32, limit=512, heldout_limit=256,
+        optimizer=Optimizer(lr=0.1, weight_decay=5e-4, nesterov=True), options=RotNetOptions(),
     ),
-}
+})

@@ -26,11 +26,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from training.clustering import deepest_feature_dim, deepest_features
-from training.engine import FitContext, Method
+from training.engine import FitContext
 from training.evaluation import nmi
-from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule
-from training.transforms import eval_transform, normalise, random_hflip, small_crop_flip, to_rgb_float
-from zoo.registry import create_model
+from training.methods.common import BackboneMethod, crop_flip_augment, training_set_features
+from training.recipes import Optimizer, Schedule, method_recipes, paper_recipe, small_recipe, tiny_recipe
+from training.transforms import normalise, random_hflip, to_rgb_float
 
 PAPER_LAMBDA = 25.0
 PAPER_LABEL_UPDATES = 100
@@ -115,25 +115,20 @@ def sela_augment(spec, crop_scale=(0.08, 1.0)):
     return transform
 
 
-class SeLa(Method):
-    name = "sela"
+class SeLa(BackboneMethod, options=SeLaOptions):
     data_sized_buffers = ("labels",)
 
-    def __init__(self, recipe: Recipe):
-        super().__init__(recipe)
-        self.options: SeLaOptions = recipe.options or SeLaOptions()
-        self.backbone = create_model(recipe.model, **recipe.model_kwargs)
+    def build(self, o: SeLaOptions) -> None:
         dim = deepest_feature_dim(self.backbone)
-        self.heads = nn.ModuleList(nn.Linear(dim, self.options.clusters) for _ in range(self.options.heads))
-        self.register_buffer("labels", torch.empty(self.options.heads, 0, dtype=torch.long))  # (heads, images)
+        self.heads = nn.ModuleList(nn.Linear(dim, o.clusters) for _ in range(o.heads))
+        self.register_buffer("labels", torch.empty(o.heads, 0, dtype=torch.long))  # (heads, images)
         self.update_metrics: dict[str, float] = {}
         self._update_steps: set[int] | None = None
 
     def train_transform(self):
-        spec = self.backbone.entry.input
-        if self.options.augment == "crop-flip":
-            return small_crop_flip(spec, self.options.crop_padding)
-        return sela_augment(spec, self.options.crop_scale)
+        o, spec = self.options, self.backbone.entry.input
+        return sela_augment(spec, o.crop_scale) if o.augment == "sela" else crop_flip_augment(
+            spec, o.augment, o.crop_scale, o.crop_padding)
 
     def on_fit_start(self, ctx: FitContext) -> None:
         # A random equipartition first (images the update cannot read keep it), then the labels
@@ -152,15 +147,9 @@ class SeLa(Method):
             self.train()
 
     @torch.no_grad()
-    def _features(self, batch: dict) -> torch.Tensor:
-        return deepest_features(self.backbone, batch["x"])
-
-    @torch.no_grad()
     def update_labels(self, ctx: FitContext) -> None:
         """Features of the whole training set, then one Sinkhorn-Knopp solution per head."""
-        self.eval()
-        features, true_labels, index = ctx.map(self._features, ctx.dataset, eval_transform(self.backbone.entry.input),
-                                               with_index=True)
+        features, true_labels, index = training_set_features(self, ctx)
         solved = None
         if ctx.is_main:
             logits = [F.linear(features, head.weight.cpu(), head.bias.cpu()) for head in self.heads]
@@ -193,16 +182,14 @@ METHOD = SeLa
 # momentum 0.9 and weight decay 1e-5, lr x0.1 at epochs 150 and 300 and 1e-3 x lr from 350 on,
 # "augs 3" augmentation.
 _PAPER = dict(
-    method="sela", name="paper", epochs=400, batch_size=256,
-    optimizer=Optimizer("sgd", lr=0.05, momentum=0.9, weight_decay=1e-5),
-    schedule=Schedule("step", milestones=(150, 300, 350), gamma=0.1),
-    data=None, data_hint=IMAGENET_HINT, workers=24, seed=42, checkpoint_every=5000, keep_last=3, log_every=50,
+    epochs=400, batch_size=256, optimizer=Optimizer(lr=0.05, weight_decay=1e-5),
+    schedule=Schedule("step", milestones=(150, 300, 350)), workers=24, seed=42, checkpoint_every=5000,
     options=SeLaOptions(), source="yukimasano/self-label main.py, scripts/alexnet.sh and scripts/resnet.sh",
 )
 
-RECIPES = {
-    "paper": Recipe(model="sela_alexnet", **_PAPER),
-    "paper-resnet50": Recipe(**{**_PAPER, "name": "paper-resnet50"}, model="sela_resnet50"),
+RECIPES = method_recipes(__name__, {
+    "paper": paper_recipe(model="sela_alexnet", **_PAPER),
+    "paper-resnet50": paper_recipe(model="sela_resnet50", **_PAPER),
     # S3L scale: Fashion-MNIST 32x32 grey, the small ResNet of the clustering recipes, 15,000
     # images, 10 heads of 100 clusters (10x the classes), 10 label updates over 8 epochs, batch 64,
     # the rate divided by 10 for the last two epochs. Lambda 10, weight decay 5e-4 and the "augs 3"
@@ -211,19 +198,15 @@ RECIPES = {
     # from the network's own predictions, so only the invariance to the augmentation pulls them
     # towards content; with crop-flip, lambda 25 and wd 1e-5 the small run's kNN stayed at the
     # random-init level (65.7 vs 66.5).
-    "small": Recipe(
-        method="sela", name="small", model="sela_resnet_small_fmnist", epochs=8, batch_size=64,
-        optimizer=Optimizer("sgd", lr=0.05, momentum=0.9, weight_decay=5e-4),
-        schedule=Schedule("step", milestones=(6,), gamma=0.1),
-        data="fmnist", limit=15_000, checkpoint_every=100, log_every=10,
+    "small": small_recipe(
+        model="sela_resnet_small_fmnist", epochs=8, batch_size=64, optimizer=Optimizer(lr=0.05, weight_decay=5e-4),
+        schedule=Schedule("step", milestones=(6,)), limit=15_000, checkpoint_every=100, log_every=10,
         options=SeLaOptions(heads=10, clusters=100, lam=10.0, label_updates=10, augment="sela",
                             crop_scale=(0.2, 1.0)),
-        source="the paper recipe scaled down (S3L: small images, network and data), with the official CIFAR settings",
-    ),
+        source="the paper recipe scaled down (S3L: small images, network and data), with the official CIFAR settings"),
     # Seconds: for tests.
-    "tiny": Recipe(
-        method="sela", name="tiny", model="sela_resnet_small_fmnist", epochs=2, batch_size=32,
-        optimizer=Optimizer("sgd", lr=0.05, momentum=0.9, weight_decay=1e-5), data="fmnist", limit=256,
-        checkpoint_every=4, log_every=1, options=SeLaOptions(heads=2, clusters=8, label_updates=4, augment="crop-flip"),
+    "tiny": tiny_recipe(
+        model="sela_resnet_small_fmnist", epochs=2, batch_size=32, optimizer=Optimizer(lr=0.05, weight_decay=1e-5),
+        options=SeLaOptions(heads=2, clusters=8, label_updates=4, augment="crop-flip"),
     ),
-}
+})

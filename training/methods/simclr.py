@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from training.engine import Method
+from training.methods.common import BackboneMethod, grey_view, lars_parameter_groups
 from training.methods.heads import feature_dim, gather_with_grad, mlp, pooled_features
 from training.methods.views import ViewRecipe, Views
-from training.recipes import IMAGENET_HINT, Optimizer, Recipe, Schedule
-from zoo.registry import create_model
+from training.recipes import (LARS_1000_EPOCHS, SMALL_EMBEDDING, Optimizer, method_recipes, paper_recipe,
+                              small_recipe, tiny_recipe)
 
 
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
@@ -50,15 +50,10 @@ class SimCLROptions:
     batched_views: bool = False         # augment whole batches in forward (see views.Views)
 
 
-class SimCLR(Method):
-    name = "simclr"
-
-    def __init__(self, recipe: Recipe):
-        super().__init__(recipe)
-        self.options: SimCLROptions = recipe.options or SimCLROptions()
-        self.backbone = create_model(recipe.model, **recipe.model_kwargs)
-        self.projector = mlp(feature_dim(self.backbone), self.options.hidden_dim, self.options.out_dim)
-        self.views = Views(self.backbone.entry.input, [self.options.view] * 2, self.options.batched_views)
+class SimCLR(BackboneMethod, options=SimCLROptions):
+    def build(self, o: SimCLROptions) -> None:
+        self.projector = mlp(feature_dim(self.backbone), o.hidden_dim, o.out_dim)
+        self.views = Views(self.backbone.entry.input, [o.view] * 2, o.batched_views)
 
     def train_transform(self):
         return self.views.transform()
@@ -78,50 +73,30 @@ class SimCLR(Method):
         return lars_parameter_groups(self)
 
 
-def lars_parameter_groups(method: Method) -> list[dict]:
-    """Biases and BatchNorm parameters get neither weight decay nor LARS's trust ratio (SimCLR,
-    BYOL); everything else gets both. Optimisers other than LARS ignore the ``lars`` flag."""
-    plain, excluded = [], []
-    for p in method.parameters():
-        if p.requires_grad:
-            (excluded if p.dim() <= 1 else plain).append(p)
-    return [{"params": plain}, {"params": excluded, "weight_decay": 0.0, "lars": False}]
-
-
 METHOD = SimCLR
 
-RECIPES = {
+RECIPES = method_recipes(__name__, {
     # The paper (Sec. 2.3, B.1) and google-research/simclr: batch 4096, LARS with lr 0.3 x batch/256
     # = 4.8, weight decay 1e-6, 10 warm-up epochs then cosine decay; the released ResNet-50 (1x)
     # was trained for 1000 epochs; temperature 0.1 (the repository's ImageNet command); a 2-layer
     # projection MLP 2048-2048-128; crops of 8-100 % of the area, colour distortion of strength 1
     # (brightness, contrast, saturation 0.8 with p 0.8; greyscale p 0.2), blur with p 0.5.
     # Not reproduced: the hue jitter (0.2) and global (cross-device) BatchNorm.
-    "paper": Recipe(
-        method="simclr", name="paper", model="simclr_resnet50", epochs=1000, batch_size=4096,
-        optimizer=Optimizer("lars", lr=4.8, momentum=0.9, weight_decay=1e-6),
-        schedule=Schedule("cosine", warmup_epochs=10), data=None, data_hint=IMAGENET_HINT, workers=8,
-        checkpoint_every=1000, log_every=50, options=SimCLROptions(),
-        source="Chen et al. 2020 (arXiv 2002.05709) Sec. 2.3 and B.1; google-research/simclr README",
-    ),
+    "paper": paper_recipe(
+        **LARS_1000_EPOCHS, model="simclr_resnet50", optimizer=Optimizer("lars", lr=4.8, weight_decay=1e-6),
+        options=SimCLROptions(),
+        source="Chen et al. 2020 (arXiv 2002.05709) Sec. 2.3 and B.1; google-research/simclr README"),
     # S3L scale: Fashion-MNIST at 32x32 grey, a 4-stage ResNet of widths 16-128 with one block per
     # stage, 10,000 images for 8 epochs. Grey images: no saturation jitter, greyscale or blur; the
     # CIFAR command of the official repository (no blur, weaker colour jitter, temperature 0.5).
-    "small": Recipe(
-        method="simclr", name="small", model="simclr_resnet_small_fmnist", epochs=8, batch_size=256,
-        optimizer=Optimizer("sgd", lr=0.3, momentum=0.9, weight_decay=5e-4),
-        schedule=Schedule("cosine", warmup_epochs=0.1), data="fmnist", limit=10_000, precision="bf16",
-        checkpoint_every=20, log_every=5,
-        options=SimCLROptions(temperature=0.5, hidden_dim=256, out_dim=64, batched_views=True, view=ViewRecipe(
-            crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.0), jitter_p=0.8, grey_p=0.0, blur_p=0.0)),
-        source="google-research/simclr CIFAR-10 command, scaled down",
-    ),
+    "small": small_recipe(
+        **SMALL_EMBEDDING, model="simclr_resnet_small_fmnist", epochs=8, batch_size=256,
+        optimizer=Optimizer(lr=0.3, weight_decay=5e-4),
+        options=SimCLROptions(temperature=0.5, hidden_dim=256, out_dim=64, batched_views=True, view=grey_view()),
+        source="google-research/simclr CIFAR-10 command, scaled down"),
     # Seconds: for tests.
-    "tiny": Recipe(
-        method="simclr", name="tiny", model="simclr_resnet_small_fmnist", epochs=1, batch_size=32,
-        optimizer=Optimizer("sgd", lr=0.1, momentum=0.9, weight_decay=1e-4), data="fmnist", limit=256,
-        checkpoint_every=4, log_every=1,
-        options=SimCLROptions(temperature=0.5, hidden_dim=64, out_dim=32, batched_views=True, view=ViewRecipe(
-            crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.0), grey_p=0.0, blur_p=0.0)),
+    "tiny": tiny_recipe(
+        model="simclr_resnet_small_fmnist", batch_size=32, optimizer=Optimizer(lr=0.1, weight_decay=1e-4),
+        options=SimCLROptions(temperature=0.5, hidden_dim=64, out_dim=32, batched_views=True, view=grey_view()),
     ),
-}
+})

@@ -39,19 +39,6 @@ ARCHITECTURES: dict[str, Callable[..., Backbone]] = {
     "iic_net5g": IICNet5g,
 }
 
-ARCHITECTURE_DOCS = {
-    "alexnet_rotnet": "RotNet's AlexNet: 64-192-384-256-256 convs with BN, fc blocks with BN1d",
-    "alexnet_deepcluster": "DeepCluster's AlexNet: Sobel front end, 96-256-384-384-256 convs with BN",
-    "alexnet_sela": "SeLa's AlexNet: DeepCluster's layout on RGB input, optional multi-heads",
-    "vgg16_bn": "VGG-16 with BN, torchvision keys, optional Sobel front end",
-    "resnet18": "ResNet-18, torchvision keys",
-    "resnet50": "ResNet-50, torchvision keys",
-    "resnet50_gem": "MultiGrain's ResNet-50: torchvision keys, GeM pooling (pool.p) as feature layer gem",
-    "resnet_small": "CIFAR-style ResNet for 32x32 inputs (3x3 stem, no max-pool)",
-    "nin": "RotNet's Network-in-Network for 32x32 inputs",
-    "iic_net5g": "IIC's ClusterNet5g: ResNet-34 for small images on Sobel gradients (in the model)",
-}
-
 
 def build_architecture(arch: str, **kwargs) -> Backbone:
     try:
@@ -64,5 +51,5 @@ def build_architecture(arch: str, **kwargs) -> Backbone:
         raise UsageError(f"bad arguments for architecture {arch!r}: {err}") from None
 
 
-__all__ = ["ARCHITECTURES", "ARCHITECTURE_DOCS", "AlexNet", "Backbone", "GeMResNet", "IICNet5g", "NIN", "ResNet",
+__all__ = ["ARCHITECTURES", "AlexNet", "Backbone", "GeMResNet", "IICNet5g", "NIN", "ResNet",
            "Sobel", "SmallResNet", "VGG16BN", "build_architecture"]
