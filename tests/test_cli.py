@@ -15,6 +15,18 @@ def test_list_json_lists_every_model():
     assert [m["name"] for m in json.loads(res.stdout)] == list_models()
 
 
+def test_list_takes_a_name_pattern_and_pretrained(capsys):
+    from zoo.cli import main
+
+    assert main(["list", "*resnet50*", "--json"]) == 0
+    assert [m["name"] for m in json.loads(capsys.readouterr().out)] == list_models("*resnet50*")
+    assert main(["list", "*_fmnist", "--pretrained", "--method", "rotnet"]) == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:] if line.strip()]
+    assert rows[0] == "rotnet_nin_fmnist" and rows[1] == "weights:"  # one model, then the legend
+    assert main(["list", "--pretrained", "--json"]) == 0
+    assert [m["name"] for m in json.loads(capsys.readouterr().out)] == list_models(pretrained=True)
+
+
 def test_info_prints_input_spec_and_layer_shapes():
     res = run_zoo("info", "rotnet_nin_fmnist")
     assert res.returncode == 0, res.stderr
@@ -75,6 +87,7 @@ BAD_OPTIONS = [
     (("eval", "random:rotnet_nin_fmnist", "--temperature", "0"), "'--temperature': 0.0 is not in the range"),
     (("publish", "ckpt", "--repo", "a/b", "--local-hub", ""), "'--local-hub': is empty"),
     (("list", "--method", "nosuch"), "unknown method 'nosuch'"),
+    (("list", "resnet50"), "unknown model pattern 'resnet50'; did you mean"),
 ]
 
 

@@ -72,17 +72,25 @@ def _fmt_input(spec) -> str:
 
 
 @cli.command("list")
+@click.argument("pattern", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the full registry entries as JSON.")
 @click.option("--method", default=None, help="Only the models of one method (e.g. rotnet).")
-def list_cmd(as_json: bool, method: str | None):
-    """List the models in the registry."""
+@click.option("--pretrained", is_flag=True, help="Only the models whose weights load without training "
+                                                  "(weights column not 'none').")
+def list_cmd(pattern: str | None, as_json: bool, method: str | None, pretrained: bool):
+    """List the models in the registry; PATTERN is a shell-style pattern of names, e.g. '*resnet50*'."""
     from zoo.errors import UnknownNameError
     from zoo.registry import get_model_entry, list_models
 
-    methods = {get_model_entry(n).method for n in list_models()}
+    every = list_models()
+    methods = {get_model_entry(n).method for n in every}
     if method is not None and method not in methods:
         raise UnknownNameError("method", method, methods, hint="run `zoo list` for every model and its method")
-    entries = [get_model_entry(n) for n in list_models(method)]
+    if pattern and not list_models(pattern):
+        # A pattern that matches nothing is mostly a typo or a part of a name given without wildcards.
+        raise UnknownNameError("model pattern", pattern, every,
+                               hint="patterns are shell-style and match whole names, e.g. '*resnet50*'")
+    entries = [get_model_entry(n) for n in list_models(pattern or "", pretrained=pretrained or None, method=method)]
     if as_json:
         click.echo(json.dumps([e.to_dict() for e in entries], indent=2))
         return
