@@ -13,7 +13,7 @@ import numpy as np
 from zoo.errors import UsageError
 from zoo.fileset import owner_tag, remove_abandoned
 
-from zoo.cli import OutputPath
+from zoo.cli import NON_EMPTY, OutputPath
 
 from export.embedding import model_state_dict_sha256
 from export.options import ENGINES, HNSW_M, INPUT_KINDS, MAX_BATCH, MAX_K, MAX_THREADS, OPSETS, POOLINGS, PROVIDERS
@@ -24,6 +24,8 @@ def _parse_profile(text: str) -> tuple[int, int, int]:
         lo, opt, hi = (int(v) for v in text.split(","))
     except ValueError:
         raise UsageError(f"--batch-profile takes MIN,OPT,MAX (e.g. 1,32,128), got {text!r}") from None
+    if not 1 <= lo <= opt <= hi <= MAX_BATCH:  # checked here too, not only when --tensorrt uses it
+        raise UsageError(f"--batch-profile needs 1 <= MIN <= OPT <= MAX <= {MAX_BATCH}, got {text!r}")
     return lo, opt, hi
 
 
@@ -37,7 +39,7 @@ def _mb(path: Path) -> str:
 @click.option("--tensorrt", "to_tensorrt", is_flag=True, help="Also build a TensorRT engine (needs an NVIDIA GPU).")
 @click.option("-o", "--output", type=OutputPath(dir_okay=False, path_type=Path), default=None,
               help="ONNX file to write [default: NAME-LAYER-POOL[-fp16|-int8].onnx].")
-@click.option("--layer", default=None, help="Feature layer to embed [default: the model's embedding layer].")
+@click.option("--layer", type=NON_EMPTY, default=None, help="Feature layer to embed [default: the model's embedding layer].")
 @click.option("--pool", type=click.Choice(POOLINGS), default="avg", show_default=True,
               help="Pooling of a convolutional layer (GeM uses p=3).")
 @click.option("--input", "input_kind", type=click.Choice(INPUT_KINDS), default="uint8", show_default=True,
@@ -117,6 +119,15 @@ def export_cmd(name_or_dir, to_onnx, to_tensorrt, output, layer, pool, input_kin
         click.echo(f"wrote TensorRT engine {engine_output} (batch profile {batch_profile})")
 
 
+def _refuse_empty(**arguments) -> None:
+    """An empty MODEL or IMAGE argument is a slip of the shell (an unset variable): as a path it
+    would silently mean the current folder and embed whatever images are there."""
+    for name, values in arguments.items():
+        for value in [values] if isinstance(values, str) else values:
+            if not str(value).strip():
+                raise UsageError(f"an empty {name.upper()} argument; name a file or folder")
+
+
 def _threads_option(f):
     return click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
                         help="Engine threads [default: ZOO_THREADS or all CPUs].")(f)
@@ -136,7 +147,7 @@ def _threads_option(f):
               help="Decoding threads (0: decode inline).")
 @click.option("--shard-size", type=click.IntRange(1, 1 << 24), default=1024, show_default=True,
               help="Images per shard: the unit of resuming and of torchrun sharding.")
-@click.option("--layer", default=None, help="Feature layer (registry names and checkpoint folders only).")
+@click.option("--layer", type=NON_EMPTY, default=None, help="Feature layer (registry names and checkpoint folders only).")
 @click.option("--pool", type=click.Choice(POOLINGS), default="avg", show_default=True)
 @click.option("--rank", type=click.IntRange(min=0), default=None, help="This process's shard set [default: $RANK from torchrun, else 0].")
 @click.option("--world-size", type=click.IntRange(min=1), default=None, help="Number of processes [default: $WORLD_SIZE, else 1].")
@@ -151,8 +162,15 @@ def extract_cmd(model_or_onnx, images, out, engine, provider, batch_size, worker
     in OUT/failed.tsv and do not stop the run.
     """
     from export.engines import default_threads, is_onnx_file, open_engine
-    from export.extract import MODEL, extract
+    from export.extract import MODEL, distributed_rank, extract
 
+    # What extract() refuses is refused before minutes of exporting the model, too.
+    _refuse_empty(model_or_onnx=model_or_onnx, images=images)
+    env_rank, env_world = distributed_rank()
+    my_rank = env_rank if rank is None else rank
+    ranks = env_world if world_size is None else world_size
+    if not 0 <= my_rank < ranks:
+        raise UsageError(f"rank {my_rank} is outside 0..{ranks - 1}")
     threads = threads or default_threads()  # a bad ZOO_THREADS is reported before any model is opened
     source = str(Path(model_or_onnx).resolve()) if is_onnx_file(model_or_onnx) or Path(model_or_onnx).is_dir() \
         else model_or_onnx
@@ -247,6 +265,7 @@ def search_cmd(index_dir, images, k, as_json, threads):
     from export.extract import decode, escape_id
     from export.index import load_index, search
 
+    _refuse_empty(images=images)
     _set_faiss_threads(threads)
     index, ids, meta = load_index(index_dir)
     source, model = meta.get("source"), meta.get("model") or {}

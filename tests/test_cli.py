@@ -14,6 +14,18 @@ def test_list_json_lists_every_model():
     assert [m["name"] for m in json.loads(res.stdout)] == list_models()
 
 
+def test_list_takes_a_name_pattern_and_pretrained(capsys):
+    from zoo.cli import main
+
+    assert main(["list", "*resnet50*", "--json"]) == 0
+    assert [m["name"] for m in json.loads(capsys.readouterr().out)] == list_models("*resnet50*")
+    assert main(["list", "*_fmnist", "--pretrained", "--method", "rotnet"]) == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:] if line.strip()]
+    assert rows[0] == "rotnet_nin_fmnist" and rows[1] == "weights:"  # one model, then the legend
+    assert main(["list", "--pretrained", "--json"]) == 0
+    assert [m["name"] for m in json.loads(capsys.readouterr().out)] == list_models(pretrained=True)
+
+
 def test_info_prints_input_spec_and_layer_shapes():
     res = run_zoo("info", "rotnet_nin_fmnist")
     assert res.returncode == 0, res.stderr
@@ -74,6 +86,21 @@ BAD_OPTIONS = [
     (("eval", "random:rotnet_nin_fmnist", "--temperature", "0"), "'--temperature': 0.0 is not in the range"),
     (("publish", "ckpt", "--repo", "a/b", "--local-hub", ""), "'--local-hub': is empty"),
     (("list", "--method", "nosuch"), "unknown method 'nosuch'"),
+    (("list", "resnet50"), "unknown model pattern 'resnet50'; did you mean"),
+    # found by tests/test_cli_fuzz.py: each was accepted, or refused only after the model was opened
+    (("export", "random:rotnet_nin_fmnist", "--onnx", "--batch-profile", "-1,32,128"), "--batch-profile needs 1 <="),
+    (("export", "random:rotnet_nin_fmnist", "--onnx", "--layer", ""), "'--layer': is empty"),
+    (("export", "random:rotnet_nin_fmnist", "--onnx", "-o", "/etc/hostname/m.onnx"), "'/etc/hostname' is not a folder"),
+    (("extract", "random:rotnet_nin_fmnist", "", "-o", "out"), "an empty IMAGES argument"),
+    (("extract", "random:rotnet_nin_fmnist", "a.jpg", "-o", "out", "--rank", "3", "--world-size", "2"),
+     "rank 3 is outside 0..1"),
+    (("train", "rotnet", "--recipe", "tiny", "--workers", "99999999999999999999"), "'--workers': 99999999999999999999"),
+    (("train", "rotnet", "--recipe", ""), "'--recipe': is empty"),
+    (("eval", "random:rotnet_nin_fmnist", "--protocol", ","), "names no protocol"),
+    (("eval", "random:rotnet_nin_fmnist", "--seed", "-1"), "'--seed': -1 is not in the range"),
+    (("quickstart", "--out", ""), "'--out': is empty"),
+    (("results", "--cards-dir", "nosuch"), "'nosuch' does not exist"),
+    (("fetch", "rotnet_alexnet", "--local-hub", ""), "'--local-hub': is empty"),
 ]
 
 
@@ -86,6 +113,16 @@ def test_out_of_range_numbers_and_empty_outputs_are_one_line_errors(args, needle
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
     assert list(tmp_path.iterdir()) == []  # nothing written, in the current folder or elsewhere
+
+
+def test_a_refused_training_run_leaves_no_empty_run_folder(tmp_path, monkeypatch, capsys):
+    from zoo.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "rotnet", "--recipe", "tiny", "--batch-size", "1000000"]) == 2
+    err = capsys.readouterr().err
+    assert "too small for batch size 1000000" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # no runs/rotnet-tiny left behind
 
 
 def test_threads_out_of_range_from_the_environment_is_one_line(tmp_path):

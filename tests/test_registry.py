@@ -16,7 +16,33 @@ def test_registry_lists_models_with_complete_entries():
 
 
 def test_list_models_by_method():
-    assert list_models("rotnet") == ["rotnet_alexnet", "rotnet_nin_cifar10", "rotnet_nin_fmnist"]
+    assert list_models(method="rotnet") == ["rotnet_alexnet", "rotnet_nin_cifar10", "rotnet_nin_fmnist"]
+    assert list_models(method="nosuch") == []
+
+
+def test_list_models_filters_by_shell_pattern_like_timm():
+    resnet50s = list_models("*resnet50*")
+    assert "byol_resnet50" in resnet50s and "sela_resnet50_augpp" in resnet50s
+    assert all("resnet50" in n for n in resnet50s)
+    assert list_models("rotnet_*") == list_models(method="rotnet")
+    assert list_models("rotnet_alexnet") == ["rotnet_alexnet"]  # no wildcard: the whole name
+    assert list_models("ROTNET_*") == [] and list_models("resnet50") == []
+    assert list_models(["rotnet_a*", "*_vgg16"]) == ["deepcluster_vgg16", "deepercluster_vgg16", "rotnet_alexnet"]
+    assert list_models("") == list_models([]) == list_models()
+    assert list_models("*resnet50*", method="sela") == ["sela_resnet50", "sela_resnet50_augpp"]
+
+
+def test_list_models_pretrained_means_weights_exist_somewhere():
+    from zoo.hub import weights_origin
+
+    with_weights, without = list_models(pretrained=True), list_models(pretrained=False)
+    assert sorted(with_weights + without) == list_models() and not set(with_weights) & set(without)
+    assert "rotnet_nin_fmnist" in with_weights  # shipped
+    assert "deepcluster_alexnet" in with_weights  # the authors' release, fetched on first use
+    assert "simclr_resnet50" in with_weights  # the authors' release, downloaded by hand
+    assert "proxynca_resnet50" in without  # a paper recipe nobody has trained yet
+    assert all(weights_origin(n) == "none" for n in without)
+    assert list_models("*_fmnist", pretrained=True, method="rotnet") == ["rotnet_nin_fmnist"]
 
 
 def test_create_model_applies_overrides_and_records_its_config():

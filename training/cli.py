@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
 
 import click
 
-from zoo.cli import OutputPath
+from zoo.cli import NON_EMPTY, OutputPath
 from zoo.errors import UsageError
+
+
+# Bounds of the numeric options: beyond them a value is a typo, and taken as given it would spawn a
+# process per worker until memory runs out, or overflow the seed generators (numpy's take < 2**32).
+MAX_EPOCHS = 100_000
+MAX_BATCH = 1 << 20
+MAX_ACCUMULATE = 1 << 16
+MAX_IMAGES = 1 << 31
+MAX_WORKERS = max(64, 4 * (os.cpu_count() or 1))
+MAX_SEED = 2**32 - 1
 
 
 def _command_line() -> str:
@@ -20,23 +32,23 @@ def _command_line() -> str:
 
 @click.command()
 @click.argument("method")
-@click.option("--recipe", default="small", show_default=True,
+@click.option("--recipe", type=NON_EMPTY, default="small", show_default=True,
               help="paper (published hyperparameters, for torchrun on GPUs), small (2 CPU cores, minutes) "
                    "or tiny (seconds, for tests).")
-@click.option("--data", default=None, help="Training data: a Fashion-MNIST IDX folder, CIFAR python folder, "
+@click.option("--data", type=NON_EMPTY, default=None, help="Training data: a Fashion-MNIST IDX folder, CIFAR python folder, "
               "ImageFolder tree or one image file; or fmnist, photos, photo:NAME, image:PATH. Default: the recipe's.")
 @click.option("--out", type=OutputPath(file_okay=False, path_type=Path), default=None,
               help="Run folder (checkpoints, metrics.jsonl, model/). Default: runs/METHOD-RECIPE.")
 @click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in --out.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the recipe's epochs.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per optimiser step (all ranks).")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Train on a fixed random subset of N images.")
-@click.option("--accumulate", type=click.IntRange(min=1), default=None, help="Gradient accumulation steps.")
+@click.option("--epochs", type=click.IntRange(1, MAX_EPOCHS), default=None, help="Override the recipe's epochs.")
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=None, help="Images per optimiser step (all ranks).")
+@click.option("--limit", type=click.IntRange(1, MAX_IMAGES), default=None, help="Train on a fixed random subset of N images.")
+@click.option("--accumulate", type=click.IntRange(1, MAX_ACCUMULATE), default=None, help="Gradient accumulation steps.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None,
               help="auto: bf16 (or fp16) autocast on CUDA, fp32 on CPU.")
-@click.option("--seed", type=int, default=None, help="Override the recipe's seed.")
-@click.option("--workers", type=click.IntRange(min=0), default=None, help="Data-loading processes per rank.")
-@click.option("--checkpoint-every", type=click.IntRange(min=0), default=None,
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None, help="Override the recipe's seed.")
+@click.option("--workers", type=click.IntRange(0, MAX_WORKERS), default=None, help="Data-loading processes per rank.")
+@click.option("--checkpoint-every", type=click.IntRange(0, MAX_IMAGES), default=None,
               help="Optimiser steps between mid-epoch checkpoints (0: only at epoch ends).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(method, recipe, data, out, resume, epochs, batch_size, limit, accumulate, precision, seed, workers,
@@ -53,21 +65,30 @@ def train(method, recipe, data, out, resume, epochs, batch_size, limit, accumula
         epochs=epochs, batch_size=batch_size, limit=limit, accumulate=accumulate, precision=precision, seed=seed,
         workers=workers, checkpoint_every=checkpoint_every)
     out = out or Path("runs") / f"{method}-{recipe}"
-    fit(module.METHOD, chosen, out, data=data, resume=resume, command=_command_line(), progress=not no_progress)
+    created = [p for p in (out, *out.parents) if not os.path.lexists(p)]  # innermost first
+    try:
+        fit(module.METHOD, chosen, out, data=data, resume=resume, command=_command_line(), progress=not no_progress)
+    except BaseException:
+        # A run refused before its first checkpoint (data too small for the batch, unreadable data)
+        # must not leave empty run folders behind; rmdir removes only the empty ones it made.
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 @click.command("eval")
 @click.argument("models", metavar="MODEL...", nargs=-1, required=True)
-@click.option("--protocol", default="linear", show_default=True,
+@click.option("--protocol", type=NON_EMPTY, default="linear", show_default=True,
               help="linear, linear-pool, knn, cluster, retrieval, a comma-separated list of them, or all.")
-@click.option("--data", default=None, help="Labelled data with a train and a test split (default: Fashion-MNIST); "
+@click.option("--data", type=NON_EMPTY, default=None, help="Labelled data with a train and a test split (default: Fashion-MNIST); "
               "retrieval always uses its own copy-detection benchmark.")
-@click.option("--layers", default=None, help="Comma-separated feature layers (default: all).")
-@click.option("--train-limit", type=click.IntRange(min=1), default=10_000, show_default=True,
+@click.option("--layers", type=NON_EMPTY, default=None, help="Comma-separated feature layers (default: all).")
+@click.option("--train-limit", type=click.IntRange(1, MAX_IMAGES), default=10_000, show_default=True,
               help="Fixed random subset of the train split (probe training / kNN memory).")
-@click.option("--val-size", type=click.IntRange(min=1), default=5_000, show_default=True,
+@click.option("--val-size", type=click.IntRange(1, MAX_IMAGES), default=5_000, show_default=True,
               help="Other train-split images on which the layer and probe settings are chosen.")
-@click.option("--test-limit", type=click.IntRange(min=1), default=10_000, show_default=True,
+@click.option("--test-limit", type=click.IntRange(1, MAX_IMAGES), default=10_000, show_default=True,
               help="Fixed random subset of the test split (reported only).")
 @click.option("--baseline-seeds", type=click.IntRange(min=0, max=20), default=3, show_default=True,
               help="Random-init copies of the architecture evaluated beside the model (0: none).")
@@ -77,7 +98,7 @@ def train(method, recipe, data, out, resume, epochs, batch_size, limit, accumula
 @click.option("--temperature", type=click.FloatRange(min=1e-4, max=100.0), default=0.07, show_default=True,
               help="kNN vote temperature (NPID: 0.07).")
 @click.option("--epochs", type=click.IntRange(min=1, max=1000), default=None, help="Linear-probe epochs (default 36).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Data subsets, probe initialisation, k-means.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True, help="Data subsets, probe initialisation, k-means.")
 @click.option("--json", "json_out", type=OutputPath(dir_okay=False, path_type=Path), default=None,
               help="Also write the results JSON to this file.")
 @click.option("--record", is_flag=True, help="Merge the results into CARDS/results/<model>.json.")
@@ -102,6 +123,12 @@ def eval_cmd(models, protocol, data, layers, train_limit, val_size, test_limit, 
     settings = evaluation.EvalSettings(train_limit=train_limit, val_size=val_size, test_limit=test_limit, k=k,
                                        temperature=temperature, probe_epochs=epochs or 36, seed=seed)
     protocols = [p.strip() for p in protocol.split(",") if p.strip()]
+    # "," would otherwise evaluate nothing and exit 0, or mean every layer
+    if not protocols:
+        raise UsageError(f"--protocol {protocol!r} names no protocol; choose from linear, linear-pool, knn, "
+                         "cluster, retrieval or all")
+    if layers and not layer_list:
+        raise UsageError(f"--layers {layers!r} names no layer; leave it out for all layers")
     report = evaluation.evaluate(models, protocols, data=data, layers=layer_list, settings=settings,
                                  baseline_seeds=0 if no_baseline else baseline_seeds, command=_command_line())
     evaluation.print_report(report)

@@ -7,7 +7,8 @@
 from pathlib import Path
 
 from zoo.backbones import ARCHITECTURES, Backbone, build_architecture
-from zoo.errors import UnknownNameError, UsageError, WeightsError, WeightsNotAvailableError, ZooError
+from zoo.errors import (BadArgumentsError, UnknownNameError, UsageError, WeightsError, WeightsNotAvailableError,
+                        ZooError)
 from zoo.checkpoint import save_pretrained
 from zoo.preprocess import preprocess
 from zoo.registry import InputSpec, ModelEntry, create_model, get_model_entry, list_models
@@ -30,7 +31,7 @@ def from_pretrained(id_or_path: str | Path, revision: str | None = None):
 
 
 __all__ = [
-    "ARCHITECTURES", "Backbone", "InputSpec", "ModelEntry", "UnknownNameError", "UsageError",
+    "ARCHITECTURES", "BadArgumentsError", "Backbone", "InputSpec", "ModelEntry", "UnknownNameError", "UsageError",
     "WeightsError", "WeightsNotAvailableError", "ZooError", "__version__", "build_architecture",
     "create_model", "from_pretrained", "get_model_entry", "list_models", "preprocess", "save_pretrained",
 ]

@@ -54,12 +54,57 @@ class LazyGroup(click.Group):
 
 
 class OutputPath(click.Path):
-    """``click.Path`` that refuses an empty value: it would silently mean the current folder."""
+    """``click.Path`` that refuses an empty value (it would silently mean the current folder) and a
+    path inside a file, which could never be created: both fail here, before any model is opened."""
 
     def convert(self, value, param, ctx):
         if isinstance(value, str) and not value.strip():
             self.fail("is empty; name a file or folder", param, ctx)
-        return super().convert(value, param, ctx)
+        path = super().convert(value, param, ctx)
+        absolute = os.path.abspath(os.fspath(path))
+        existing = next(p for p in (absolute, *_parents(absolute)) if os.path.lexists(p))
+        if existing != absolute and not os.path.isdir(existing):
+            self.fail(f"cannot create {click.format_filename(absolute)!r}: {click.format_filename(existing)!r} "
+                      "is not a folder", param, ctx)
+        return path
+
+
+def _parents(path: str):
+    while (parent := os.path.dirname(path)) != path:
+        yield parent
+        path = parent
+
+
+class NonEmptyText(click.types.StringParamType):
+    """Text that must not be blank: an empty --layer or --protocol is a slip of the shell (an unset
+    variable), not a request for the default."""
+
+    name = "text"
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not value.strip():
+            self.fail("is empty; leave the option out for its default", param, ctx)
+        return value
+
+
+NON_EMPTY = NonEmptyText()
+
+
+class InputFolder(click.Path):
+    """An existing folder to read. ``click.Path(exists=True, file_okay=False)`` refuses only regular
+    files: a FIFO or a device would pass and then be opened as a folder, or block."""
+
+    def __init__(self, **kwargs):
+        super().__init__(exists=True, file_okay=False, **kwargs)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("is empty; name a folder", param, ctx)
+        path = super().convert(value, param, ctx)
+        if not os.path.isdir(path):
+            self.fail(f"{click.format_filename(os.fspath(path))!r} is not a folder", param, ctx)
+        return path
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,17 +119,25 @@ def _fmt_input(spec) -> str:
 
 
 @cli.command("list")
+@click.argument("pattern", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the full registry entries as JSON.")
 @click.option("--method", default=None, help="Only the models of one method (e.g. rotnet).")
-def list_cmd(as_json: bool, method: str | None):
-    """List the models in the registry."""
+@click.option("--pretrained", is_flag=True, help="Only the models whose weights load without training "
+                                                  "(weights column not 'none').")
+def list_cmd(pattern: str | None, as_json: bool, method: str | None, pretrained: bool):
+    """List the models in the registry; PATTERN is a shell-style pattern of names, e.g. '*resnet50*'."""
     from zoo.errors import UnknownNameError
     from zoo.registry import get_model_entry, list_models
 
-    methods = {get_model_entry(n).method for n in list_models()}
+    every = list_models()
+    methods = {get_model_entry(n).method for n in every}
     if method is not None and method not in methods:
         raise UnknownNameError("method", method, methods, hint="run `zoo list` for every model and its method")
-    entries = [get_model_entry(n) for n in list_models(method)]
+    if pattern and not list_models(pattern):
+        # A pattern that matches nothing is mostly a typo or a part of a name given without wildcards.
+        raise UnknownNameError("model pattern", pattern, every,
+                               hint="patterns are shell-style and match whole names, e.g. '*resnet50*'")
+    entries = [get_model_entry(n) for n in list_models(pattern or "", pretrained=pretrained or None, method=method)]
     if as_json:
         click.echo(json.dumps([e.to_dict() for e in entries], indent=2))
         return
@@ -166,7 +219,7 @@ def publish(directory, repo, local_hub, hf, revision, private, message):
 
 @cli.command("results")
 @click.option("--ranking", is_flag=True, help="The papers' ImageNet linear probe beside ours, with Kendall's tau.")
-@click.option("--cards-dir", default=None, type=click.Path(file_okay=False), help="[default: the repository's MODEL_CARDS].")
+@click.option("--cards-dir", default=None, type=InputFolder(), help="[default: the repository's MODEL_CARDS].")
 def results_cmd(ranking, cards_dir):
     """Print every model's recorded results as one markdown table (mean ± std over seeds; bold: beats
     random init by more than two standard deviations), or the ranking against the papers."""
@@ -182,7 +235,7 @@ def results_cmd(ranking, cards_dir):
 
 
 @cli.command()
-@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.argument("directory", type=InputFolder())
 @click.option("--cards-dir", default=None, type=OutputPath(file_okay=False), help="[default: the repository's MODEL_CARDS].")
 def ship(directory, cards_dir):
     """Ship a checkpoint folder inside sslzoo (maintainers): its weights must be the ones the results
@@ -196,7 +249,7 @@ def ship(directory, cards_dir):
 @cli.command()
 @click.argument("name", required=False)
 @click.option("--all", "all_models", is_flag=True, help="Every registry model, plus the index MODEL_CARDS/README.md.")
-@click.option("--checkpoint", default=None, type=click.Path(exists=True, file_okay=False),
+@click.option("--checkpoint", default=None, type=InputFolder(),
               help="Write the card of this checkpoint folder's own weights into its README.md instead.")
 @click.option("--repo", default=None,
               help="With --checkpoint: the Hub repo ORG/NAME it will be published to [default: the registry's repo, "
@@ -216,8 +269,8 @@ def card(name, all_models, checkpoint, repo, cards_dir, check):
         return
     if check:
         stale = cards.stale_files(cards_dir)
-        for file_name in stale:
-            click.echo(f"out of date: {file_name}", err=True)
+        for file_name in stale:  # the report; the verdict is the one error line on stderr
+            click.echo(f"out of date: {file_name}")
         if stale:
             raise UsageError(f"{len(stale)} generated card file(s) are out of date; run `zoo card --all`")
         click.echo("all cards are up to date")
@@ -238,6 +291,21 @@ def print_table(header, rows) -> None:
         click.echo(line.format(*r))
 
 
+def _error(message: str) -> None:
+    """``error: <message>`` as one line on stderr, whatever the message holds."""
+    click.echo(f"error: {printable(' '.join(message.split()))}", err=True)
+
+
+def printable(text: str) -> str:
+    """``text`` with the bytes of undecodable file names (``os.fsdecode`` turns b"\\xe9" into
+    "\\udce9") written as ``\\xe9``: a lone surrogate cannot be encoded, and printing it would
+    raise inside the error handler itself."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no byte decodes to
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def main(argv=None) -> int:
     """Console entry point: turns every failure into one line on stderr and an exit status."""
     try:
@@ -246,13 +314,13 @@ def main(argv=None) -> int:
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.ClickException as e:  # bad options and arguments: one line too, like every other error
-        click.echo(f"error: {' '.join(e.format_message().split())}", err=True)
+        _error(e.format_message())
         return e.exit_code
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
     except ZooError as e:
-        click.echo(f"error: {e}", err=True)
+        _error(str(e))
         return e.exit_code
     except KeyboardInterrupt:
         click.echo("interrupted; completed files were kept, partial ones discarded", err=True)
@@ -263,18 +331,23 @@ def main(argv=None) -> int:
         if os.environ.get("ZOO_DEBUG"):
             raise
         if e.errno == errno.ENOSPC:
-            click.echo(f"error: disk full while writing {e.filename or 'output'}; free space and rerun "
-                       "(files already written were kept, the partial one was discarded)", err=True)
+            _error(f"disk full while writing {e.filename or 'output'}; free space and rerun "
+                   "(files already written were kept, the partial one was discarded)")
         else:
-            click.echo(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", err=True)
+            _error(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}")
         return 1
     except Exception as e:  # a bug: still one line, with a way to get the traceback
         if os.environ.get("ZOO_DEBUG"):
             raise
-        click.echo(f"error: internal error {type(e).__name__}: {e} (rerun with ZOO_DEBUG=1 for the "
-                   "traceback and please report it)", err=True)
+        _error(f"internal error {type(e).__name__}: {e} (rerun with ZOO_DEBUG=1 for the traceback and please "
+               "report it)")
         return 1
 
 
 def entry_point() -> None:
+    # File names that are not UTF-8 reach us as lone surrogates (os.fsdecode); printed back with
+    # surrogateescape they are the user's own bytes, as ls prints them, where the default
+    # strict encoder would fail after the work is done.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")
     sys.exit(main())

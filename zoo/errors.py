@@ -2,11 +2,25 @@
 
 The CLI prints ``error: <message>`` for these and exits with ``exit_code``; anything else that
 escapes is a bug and is reported as one line too (see ``zoo.cli.main``).
+
+Each class is also the builtin exception a Python user would catch around the same call, so code
+written for torchvision, timm or the standard library keeps working:
+
+=============================  ==================================================================
+``UsageError``                 ``ValueError``: a bad name, argument value or shape
+``BadArgumentsError``          ``UsageError`` and ``TypeError``: keyword arguments a model does not
+                               take, or of the wrong type (as Python raises for a function call)
+``UnknownNameError``           ``UsageError`` and ``KeyError``: a name the registry does not have
+``WeightsError``               ``ValueError``: weights that are corrupt, truncated or do not fit
+``WeightsNotAvailableError``   ``FileNotFoundError`` (an ``OSError``, ``errno`` ENOENT): no weights
+                               anywhere sslzoo looks, or a download that failed
+=============================  ==================================================================
 """
 
 from __future__ import annotations
 
 import difflib
+import errno
 from typing import Iterable
 
 
@@ -18,11 +32,21 @@ class ZooError(Exception):
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
 
+    def __str__(self) -> str:
+        # The builtins mixed in below format themselves otherwise: KeyError quotes its argument,
+        # OSError prefixes "[Errno 2]" once errno is set.
+        return self.args[0] if self.args else ""
 
-class UsageError(ZooError):
+
+class UsageError(ZooError, ValueError):
     """Bad names, arguments or shapes given by the caller."""
 
     exit_code = 2
+
+
+class BadArgumentsError(UsageError, TypeError):
+    """Keyword arguments an architecture does not take, or values of the wrong type: a ``TypeError``
+    like any Python call with them, and a ``UsageError`` for the CLI."""
 
 
 class UnknownNameError(UsageError, KeyError):
@@ -38,13 +62,21 @@ class UnknownNameError(UsageError, KeyError):
         parts = [f"unknown {kind} {name!r}", suggestion, listing]
         super().__init__("; ".join(p for p in parts if p))
 
-    def __str__(self) -> str:  # KeyError would otherwise quote the message
-        return self.args[0]
 
-
-class WeightsError(ZooError):
+class WeightsError(ZooError, ValueError):
     """Weights that are missing, corrupt, truncated or do not fit the architecture."""
 
 
-class WeightsNotAvailableError(ZooError):
-    """The registry entry has no published weights yet."""
+class WeightsNotAvailableError(ZooError, FileNotFoundError):
+    """The registry entry has no published weights yet, or they could not be downloaded.
+
+    A ``FileNotFoundError`` with ``errno`` ENOENT, so ``except FileNotFoundError`` (or ``OSError``)
+    around loading catches it as it catches a missing file; ``filename`` is None, ``strerror`` the
+    message."""
+
+    def __init__(self, message: str):
+        # OSError.__init__ given one argument leaves errno and strerror None; set them afterwards
+        # (giving OSError two arguments would make it read the message as (errno, strerror) pairs).
+        super().__init__(message)
+        self.errno = errno.ENOENT
+        self.strerror = self.args[0]

@@ -611,12 +611,14 @@ def _report_line(done: Fetched) -> str:
 def _command():
     import click
 
+    from zoo.cli import OutputPath, printable  # an empty --local-hub would silently mean the current folder
+
     @click.command("fetch")
     @click.argument("names", nargs=-1)
     @click.option("--all", "all_releases", is_flag=True,
                   help="Every release that is a direct download; report the manual ones.")
     @click.option("--force", is_flag=True, help="Download and convert again even if the local hub has the model.")
-    @click.option("--local-hub", default=None, type=click.Path(file_okay=False),
+    @click.option("--local-hub", default=None, type=OutputPath(file_okay=False),
                   help="Local hub folder [default: $ZOO_HUB or ~/.cache/sslzoo/hub].")
     @click.pass_context
     def fetch(ctx, names, all_releases, force, local_hub):
@@ -653,7 +655,7 @@ def _command():
                 message = str(err)
                 if not message.startswith((f"{name}:", f"{name!r}")):
                     message = f"{name}: {message}"
-                click.echo(f"error: {message}", err=True)
+                click.echo(f"error: {printable(message)}", err=True)
                 failed.append((name, err))
                 continue
             counts["cached" if done.cached else "fetched"] += 1

@@ -392,6 +392,14 @@ def load_entry_weights(name: str, **arch_overrides: Any) -> nn.Module:
     saved = dict(config["arch_kwargs"])
     changed = {k: v for k, v in arch_overrides.items() if k not in saved or saved[k] != v}
     if changed:
+        import torch
+
+        from zoo.backbones import build_architecture
+
+        # An argument the architecture does not take at all is a TypeError, as for pretrained=False;
+        # building on the meta device finds out without allocating or initialising anything.
+        with torch.device("meta"):
+            build_architecture(config["arch"], **{**saved, **arch_overrides})
         key, value = next(iter(changed.items()))
         raise UsageError(f"the pretrained weights of {name!r} were saved with architecture arguments {saved}; "
                          f"{key}={value!r} would change the architecture: pass pretrained=False to build it untrained")

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import click
 
+from zoo.cli import OutputPath  # an empty --out would silently mean the current folder
 from zoo.errors import ZooError
 
 # zoo's stages run first; the plug-in groups follow: first what a user of published weights does
@@ -129,7 +130,7 @@ def run_stages(ctx: Context, stages: list[Stage] | None = None) -> list[SummaryR
 
 
 @click.command()
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/quickstart"),
+@click.option("--out", type=OutputPath(file_okay=False, path_type=Path), default=Path("runs/quickstart"),
               show_default=True, help="Folder for everything the quickstart writes.")
 @click.option("--fast", is_flag=True, help="Smallest settings, for tests (seconds instead of minutes).")
 def quickstart(out: Path, fast: bool):

@@ -8,9 +8,10 @@ spec the weights expect, where the weights live and the paper's own numbers.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from torch import nn
 
@@ -150,9 +151,33 @@ def register_model(entry: ModelEntry) -> ModelEntry:
     return entry
 
 
-def list_models(method: str | None = None) -> list[str]:
-    """Registered model names, sorted; optionally only those of one method."""
-    return sorted(n for n, e in _REGISTRY.items() if method is None or e.method == method)
+def list_models(filter: str | Sequence[str] = "", *, pretrained: bool | None = None,
+                method: str | None = None) -> list[str]:
+    """Registered model names, sorted, as ``timm.list_models`` selects them.
+
+    ``filter``: a shell-style pattern matched against the whole name, case-sensitively
+    (``"*resnet50*"``, ``"rotnet_*"``), or a list of patterns of which any may match; ``""`` means
+    every model. A name without wildcards matches only itself.
+
+    ``pretrained``: ``None`` keeps every model; ``True`` keeps the models whose weights exist
+    somewhere so that ``create_model(name, pretrained=True)`` needs no training -- those whose
+    ``zoo list`` weights column (``zoo.hub.weights_origin``) is not ``none``: shipped inside
+    sslzoo, in the local hub (``$ZOO_HUB``, so the answer depends on this machine), published on
+    the Hugging Face Hub, or an original authors' release (including releases that must be
+    downloaded by hand). ``False`` keeps only the models without any weights (random init only).
+    Nothing is loaded or downloaded to decide.
+
+    ``method``: only the models of one method (``"rotnet"``); an unknown method gives ``[]``.
+    """
+    patterns = [filter] if isinstance(filter, str) else list(filter)
+    names = sorted(n for n, e in _REGISTRY.items() if method is None or e.method == method)
+    if any(patterns):  # [""] and [] both mean no filter, as in timm
+        names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns if p)]
+    if pretrained is not None:
+        from zoo.hub import weights_origin  # zoo.hub imports this module
+
+        names = [n for n in names if (weights_origin(n) != "none") == pretrained]
+    return names
 
 
 def get_model_entry(name: str) -> ModelEntry:

@@ -10,7 +10,7 @@ from zoo.backbones.iic import IICNet5g
 from zoo.backbones.nin import NIN
 from zoo.backbones.resnet import GeMResNet, ResNet, SmallResNet
 from zoo.backbones.vgg import VGG16BN
-from zoo.errors import UnknownNameError, UsageError
+from zoo.errors import BadArgumentsError, UnknownNameError, UsageError, ZooError
 
 
 def _alexnet_rotnet(**kw) -> AlexNet:
@@ -47,7 +47,11 @@ def build_architecture(arch: str, **kwargs) -> Backbone:
         raise UnknownNameError("architecture", arch, ARCHITECTURES) from None
     try:
         return builder(**kwargs)
-    except (TypeError, ValueError) as err:  # an unexpected keyword argument, or a value out of range
+    except ZooError:  # already one line that says what to do (ZooErrors are ValueErrors too)
+        raise
+    except TypeError as err:  # an unexpected keyword argument, or a value of the wrong type
+        raise BadArgumentsError(f"bad arguments for architecture {arch!r}: {err}") from None
+    except ValueError as err:  # a value out of range
         raise UsageError(f"bad arguments for architecture {arch!r}: {err}") from None
 
 
