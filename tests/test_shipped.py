@@ -167,3 +167,15 @@ def test_a_cards_knn_number_is_reproduced_from_the_shipped_weights(tmp_path):
     assert report["weights_sha256"] == recorded["weights_sha256"]
     measured = report["results"][0]["per_layer"][entry["layer_per_seed"][seed]]
     assert measured == pytest.approx(entry["per_seed"][seed], abs=0.3)
+
+
+def test_each_shipped_card_is_the_card_its_results_give_now():
+    """`zoo card --all` and `zoo ship` must be rerun together: a shipped README that no longer
+    matches the current registry and results is a stale card travelling with the weights."""
+    from zoo.cards import render_card
+
+    for name in WITH_RESULTS:
+        snapshot = shipped_hub().snapshot(zoo.get_model_entry(name).weights.hub_repo)
+        config = read_config(snapshot)
+        expected = str(render_card(name, checkpoint_config=config, checkpoint_dir=Path(name)))
+        assert (snapshot / "README.md").read_text() == expected, f"{name}: re-ship it (zoo ship RUN/model)"

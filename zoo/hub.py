@@ -309,12 +309,14 @@ def ship(directory: str | os.PathLike, cards_dir: str | os.PathLike | None = Non
                          f"records {recorded[:12]}...); only the weights the model card's numbers were measured on ship")
     repo = model.entry.weights.hub_repo
     hub = shipped_hub()
-    with tempfile.TemporaryDirectory() as staging:
+    with tempfile.TemporaryDirectory() as work:
+        staging = Path(work) / name  # the card names this folder: the model, not a random temporary name
+        staging.mkdir()
         for file_name in (CONFIG_NAME, WEIGHTS_NAME):
             shutil.copyfile(directory / file_name, Path(staging) / file_name)
         write_checkpoint_card(staging, cards_dir=cards_dir)
         validate_checkpoint(staging)
-        target, snapshot_id = hub.publish(Path(staging), repo, model.entry.weights.revision)
+        target, snapshot_id = hub.publish(staging, repo, model.entry.weights.revision)
     for old in (hub.repo_dir(repo) / "snapshots").iterdir():
         if old.name != snapshot_id:
             shutil.rmtree(old)
