@@ -165,7 +165,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], size_hint: int
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        remove_abandoned(path.parent, f".{path.name}.", ".tmp")  # what a killed writer of this file left
+        _remove_abandoned_temporaries(path)
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.{owner_tag()}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
         if _disk_is_full(err, path.parent):
@@ -189,6 +189,18 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], size_hint: int
         if full:
             raise disk_full(path, size_hint or written or None, at_least=size_hint is None) from None
         raise
+
+
+_swept_folders: set[Path] = set()
+
+
+def _remove_abandoned_temporaries(path: Path) -> None:
+    """Remove the temporary files (``.NAME.<pid>.<host>.<random>.tmp``) that killed writers left
+    beside ``path``, once per folder and process: a folder of many files written in turn
+    (extraction shards) is listed once, not once per file."""
+    if path.parent not in _swept_folders:
+        remove_abandoned(path.parent, ".", ".tmp")
+        _swept_folders.add(path.parent)
 
 
 def is_temporary(name: str) -> bool:
