@@ -114,4 +114,4 @@ def test_every_trainable_method_is_described_once_and_names_its_recipes():
         entry = get_model_entry(model)
         if entry.recipe:
             assert get_recipe(entry.method, entry.recipe).model == model
-    assert {m for m in list_methods() if method_info(m).uses_labels} == {"multigrain", "proxynca"}
+    assert {m for m in list_methods() if method_info(m).uses_labels} == {"multigrain", "proxynca", "s4l"}

@@ -182,3 +182,27 @@ JIGSAW = _declare(MethodInfo(
     permutation. Putting the pieces back in order needs to know what object parts look like and how they
     are arranged.
     """)))
+MULTITASK = _declare(MethodInfo(
+    "multitask", "Multi-task self-supervision",
+    Paper("Multi-task Self-Supervised Visual Learning", "Doersch, Zisserman", "ICCV 2017",
+          "https://arxiv.org/abs/1708.07860"),
+    _prose("""
+    One trunk learns several pretext tasks at once, each with its own small head, and the task losses
+    are summed. Here the tasks that grey still images allow: the relative position of two patches of a
+    3x3 grid (one of 8 neighbours, with gaps and jitter so edges cannot give it away), the rotation of
+    the image (one of four quarter turns), and exemplar discrimination (which of a fixed set of seed
+    images a strongly transformed copy comes from). Every task sees the same grey, identically
+    normalised input, so no task can be solved by a shortcut in its own preprocessing.
+    """)))
+S4L = _declare(MethodInfo(
+    "s4l", "S4L-Rotation",
+    Paper("S4L: Self-Supervised Semi-Supervised Learning", "Zhai, Oliver, Kolesnikov, Beyer", "ICCV 2019",
+          "https://arxiv.org/abs/1905.03670"),
+    _prose("""
+    Not self-supervised: semi-supervised. A classifier is trained on the labels of a small subset of the
+    training images while a second head on the same network predicts which of four quarter turns was
+    applied to every image, labelled or not; the rotation loss on the unlabelled images shapes the
+    features the few labels alone would not. Its own number is the classifier's test accuracy, set
+    beside a network trained on the same labelled images without the rotation loss.
+    """),
+    uses_labels=True))

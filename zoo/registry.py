@@ -17,8 +17,8 @@ from torch import nn
 
 from zoo.backbones import ARCHITECTURES, build_architecture
 from zoo.errors import UnknownNameError
-from zoo.methods import (BYOL, CPC, DEEPCLUSTER, DEEPERCLUSTER, IIC, JIGSAW, MULTIGRAIN, NPID, PIRL,
-                          PROXYNCA, ROTNET, SELA, SIMCLR, MethodInfo, Paper, method_info)
+from zoo.methods import (BYOL, CPC, DEEPCLUSTER, DEEPERCLUSTER, IIC, JIGSAW, MULTIGRAIN, MULTITASK, NPID, PIRL,
+                          PROXYNCA, ROTNET, S4L, SELA, SIMCLR, MethodInfo, Paper, method_info)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -509,6 +509,12 @@ _ours("iic_resnet_small_fmnist", "resnet_small", IIC,
       "A small 32x32 ResNet trained on Fashion-MNIST with IIC by sslzoo's small recipe.", **_SMALL_RESNET)
 _ours("deepercluster_resnet_small_fmnist", "resnet_small", DEEPERCLUSTER,
       "A small 32x32 ResNet trained on Fashion-MNIST with DeeperCluster by sslzoo's small recipe.", **_SMALL_RESNET)
+_ours("multitask_resnet_small_fmnist", "resnet_small", MULTITASK,
+      "A small 32x32 ResNet trained on Fashion-MNIST with three pretext tasks at once (relative position, "
+      "rotation, exemplar; Doersch & Zisserman's multi-task setting) by sslzoo's small recipe.", **_SMALL_RESNET)
+_ours("s4l_resnet_small_fmnist", "resnet_small", S4L,
+      "A small 32x32 ResNet trained on Fashion-MNIST with S4L-Rotation (10 % of the labels plus rotation "
+      "prediction on every image) by sslzoo's small recipe.", **_SMALL_RESNET)
 
 
 # --------------------------------------------------------------------------------------------
@@ -553,4 +559,8 @@ IMAGENET_LINEAR_REFERENCE: dict[str, LinearReference] = {
                                       "and SOP, with no ImageNet linear probe."),
     "cpc": _reference("cpc_resnet50", 63.8, "ResNet-50, linear classification, as transcribed from the paper by Papers "
                                             "with Code (the paper's table was not read here)"),
+    "multitask": LinearReference(None, "Doersch & Zisserman's ImageNet numbers are for a ResNet-101 v2 in tables "
+                                       "that were not read here; no ResNet-50 or AlexNet linear probe to cite."),
+    "s4l": LinearReference(None, "S4L is semi-supervised: it reports its own classifier's accuracy with 10 % and "
+                                 "1 % of ImageNet's labels, not a linear probe of frozen features."),
 }
