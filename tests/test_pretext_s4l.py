@@ -26,11 +26,13 @@ def test_balanced_subset_takes_all_of_a_class_with_too_few_images():
     assert torch.bincount(labels[chosen]).tolist() == [2, 1] and 3 in chosen.tolist()
 
 
-def test_epoch_draw_is_every_labelled_image_then_as_many_from_all():
+def test_epoch_draw_is_half_labelled_images_then_half_drawn_from_all():
     labelled = torch.tensor([2, 5, 7])
     drawn = epoch_draw(labelled, n=10, seed=1)
-    assert drawn[:3].tolist() == [2, 5, 7] and len(drawn) == 6
-    assert len(set(drawn[3:].tolist())) == 3 and all(0 <= i < 10 for i in drawn[3:].tolist())
+    assert len(drawn) == 10
+    counts = torch.bincount(drawn[:5], minlength=10)  # 5 labelled slots over 3 images: 2, 2 and 1
+    assert sorted(counts[[2, 5, 7]].tolist()) == [1, 2, 2] and int(counts.sum()) == 5
+    assert len(set(drawn[5:].tolist())) == 5 and all(0 <= i < 10 for i in drawn[5:].tolist())
     assert torch.equal(drawn, epoch_draw(labelled, 10, seed=1))
 
 
@@ -71,4 +73,4 @@ def test_tiny_run_reports_its_classifiers_test_accuracy_beside_the_labels_it_use
     metrics = json.loads((result.model_dir / "config.json").read_text())["training"]["metrics"]
     assert metrics["labelled_images"] == 60
     assert 0.0 <= metrics["semi_supervised_top1"] <= 1.0 and 0.0 <= metrics["rotation_acc"] <= 1.0
-    assert result.steps == 120 // recipe.batch_size  # an epoch: 60 labelled + 60 drawn images
+    assert result.steps == 128 // recipe.batch_size  # an epoch is the data's size: 64 labelled + 64 drawn
