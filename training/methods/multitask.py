@@ -198,6 +198,8 @@ RECIPES = method_recipes(__name__, {
         source="Doersch & Zisserman 2017 (tasks, summed losses, greyscale inputs); optimiser ours"),
     # Fashion-MNIST 32x32 grey, the small ResNet, 8,000 images plus 250 exemplar seeds seen 8 more
     # times an epoch (78 steps), 2 epochs; 6-pixel patches in 10-pixel cells (gaps of 2-6 px) resized to 16.
+    # Measured once (seed 0): held-out relative position 36.8 % (chance 12.5), rotation 58.9 % (25),
+    # exemplar training accuracy 1.0 -> 2.7 % (chance 0.4); kNN 69.9 vs random init 65.5 +- 2.6.
     "small": small_recipe(
         model="multitask_resnet_small_fmnist", epochs=2, batch_size=128, limit=8_000, heldout_limit=2_000,
         optimizer=Optimizer(lr=0.05, weight_decay=5e-4), precision="bf16",

@@ -175,6 +175,9 @@ METHOD = S4L
 # of 64 labelled + 64 drawn images (each in four rotations), one epoch (125 steps: 5 epochs of the
 # labelled set); SGD with the official weight decay (1e-3) and schedule shape (warm-up, then x0.1
 # at 70, 80 and 90 % of the run), bf16 autocast.
+# Measured once (seed 0, 5,000 test images): S4L 62.9 % top-1 unrotated (rotation 87.2 %), the
+# supervised-only recipe 72.9 %: at 5 epochs of the labelled set the rotation loss and the
+# rotated copies of the labelled images still slow the classifier down (the paper trains 200).
 _SMALL = dict(model="s4l_resnet_small_fmnist", epochs=1, batch_size=128, limit=16_000, heldout_limit=5_000,
               precision="bf16", schedule=Schedule("step", milestones=(0.7, 0.8, 0.9), warmup_epochs=0.05),
               checkpoint_every=20, log_every=5)
