@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from zoo.cli import NON_EMPTY, OutputPath, complete_model_or_path, no_progress_option, progress_wanted, renamed
+from zoo.cli import NON_EMPTY, OutputPath, complete_model_or_path, no_progress_option, progress_wanted
 from zoo.errors import UsageError
 
 
@@ -115,10 +115,11 @@ def train(method, recipe, data, out, resume, epochs, batch_size, limit, accumula
 @click.option("--cards-dir", type=OutputPath(file_okay=False, path_type=Path), default=None,
               help="Model-card folder --record writes into (default: $ZOO_CARDS, else ~/.cache/sslzoo/cards; "
                    "the repository's MODEL_CARDS only when named here).")
+# The older spelling, kept working: every published card's results name the command that made them.
+@click.option("--cards", "cards_alias", type=OutputPath(file_okay=False, path_type=Path), default=None, hidden=True)
 @no_progress_option
-@renamed("--cards", "--cards-dir")
 def eval_cmd(models, protocol, data, layers, train_limit, val_size, test_limit, baseline_seeds, no_baseline, k,
-             temperature, epochs, seed, as_json, json_out, record, cards_dir, no_progress):
+             temperature, epochs, seed, as_json, json_out, record, cards_dir, cards_alias, no_progress):
     """Evaluate MODEL's frozen features, beside random-init models of the same architecture.
 
     MODEL: a checkpoint folder, a training run folder (its model/), a registry name or Hub repo id
@@ -154,7 +155,7 @@ def eval_cmd(models, protocol, data, layers, train_limit, val_size, test_limit, 
 
         atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
     if record:
-        path = evaluation.record_results(report, cards_dir)
+        path = evaluation.record_results(report, cards_dir or cards_alias)
         click.echo(f"recorded in {path}", err=as_json)  # stdout holds only the JSON
 
 
