@@ -89,7 +89,8 @@ def test_eval_json_prints_only_the_report_on_stdout_and_json_out_writes_it(tmp_p
     import zoo
     from hubtools import random_model
 
-    ckpt = zoo.save_pretrained(random_model("rotnet_nin_fmnist"), tmp_path / "ckpt", training={"seed": 0, "seconds": 1.0})
+    ckpt = zoo.save_pretrained(random_model("rotnet_nin_fmnist"), tmp_path / "ckpt",
+                               training={"seed": 0, "seconds": 1.0})
     args = ("eval", str(ckpt), "--protocol", "knn", "--train-limit", "60", "--val-size", "30",
             "--test-limit", "30", "--layers", "block1", "--baseline-seeds", "0", "-k", "5")
     res = run_zoo(*args, "--json", "--json-out", str(tmp_path / "r.json"), "--record", "--cards", str(tmp_path / "c"),

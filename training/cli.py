@@ -76,7 +76,8 @@ def train(method, recipe, data, out, resume, epochs, batch_size, limit, accumula
     out = out or Path("runs") / f"{method}-{recipe}"
     created = [p for p in (out, *out.parents) if not os.path.lexists(p)]  # innermost first
     try:
-        fit(module.METHOD, chosen, out, data=data, resume=resume, command=_command_line(), progress=progress_wanted(no_progress))
+        fit(module.METHOD, chosen, out, data=data, resume=resume, command=_command_line(),
+            progress=progress_wanted(no_progress))
     except BaseException:
         # A run refused before its first checkpoint (data too small for the batch, unreadable data)
         # must not leave empty run folders behind; rmdir removes only the empty ones it made.

@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 import click
 
-from zoo.cli import OutputPath, no_progress_option, progress_wanted  # an empty --out would silently mean the current folder
+# OutputPath: an empty --out would silently mean the current folder
+from zoo.cli import OutputPath, no_progress_option, progress_wanted
 from zoo.errors import ZooError
 
 # zoo's stages run first; the plug-in groups follow: first what a user of published weights does
