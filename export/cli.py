@@ -13,7 +13,8 @@ import numpy as np
 from zoo.errors import UsageError
 from zoo.fileset import owner_tag, remove_abandoned
 
-from zoo.cli import NON_EMPTY, OutputPath
+from zoo.cli import (NON_EMPTY, OutputPath, complete_model_or_path, no_progress_option, progress_wanted,
+                     renamed)
 
 from export.embedding import model_state_dict_sha256
 from export.options import ENGINES, HNSW_M, INPUT_KINDS, MAX_BATCH, MAX_K, MAX_THREADS, OPSETS, POOLINGS, PROVIDERS
@@ -34,10 +35,10 @@ def _mb(path: Path) -> str:
 
 
 @click.command("export")
-@click.argument("name_or_dir")
+@click.argument("name_or_dir", shell_complete=complete_model_or_path)
 @click.option("--onnx", "to_onnx", is_flag=True, help="Write an ONNX file (checked against PyTorch).")
 @click.option("--tensorrt", "to_tensorrt", is_flag=True, help="Also build a TensorRT engine (needs an NVIDIA GPU).")
-@click.option("-o", "--output", type=OutputPath(dir_okay=False, path_type=Path), default=None,
+@click.option("-o", "--out", "output", type=OutputPath(dir_okay=False, path_type=Path), default=None,
               help="ONNX file to write [default: NAME-LAYER-POOL[-fp16|-int8].onnx].")
 @click.option("--layer", type=NON_EMPTY, default=None, help="Feature layer to embed [default: the model's embedding layer].")
 @click.option("--pool", type=click.Choice(POOLINGS), default="avg", show_default=True,
@@ -49,8 +50,10 @@ def _mb(path: Path) -> str:
 @click.option("--opset", type=click.IntRange(*OPSETS), default=None, help="ONNX opset [default: the exporter's].")
 @click.option("--batch-profile", default="1,32,128", show_default=True,
               help="TensorRT optimisation profile: MIN,OPT,MAX batch.")
-@click.option("--engine-output", type=OutputPath(dir_okay=False, path_type=Path), default=None,
+@click.option("--engine-out", "engine_output", type=OutputPath(dir_okay=False, path_type=Path), default=None,
               help="Where to copy the TensorRT engine [default: next to the ONNX file, .engine].")
+@renamed("--output", "-o/--out")
+@renamed("--engine-output", "--engine-out")
 def export_cmd(name_or_dir, to_onnx, to_tensorrt, output, layer, pool, input_kind, fp16, int8, opset,
                batch_profile, engine_output):
     """Export NAME_OR_DIR (a registry name: its published weights; random:NAME; or a checkpoint folder).
@@ -134,7 +137,7 @@ def _threads_option(f):
 
 
 @click.command("extract")
-@click.argument("model_or_onnx")
+@click.argument("model_or_onnx", shell_complete=complete_model_or_path)
 @click.argument("images", nargs=-1, required=True)
 @click.option("-o", "--out", type=OutputPath(file_okay=False, path_type=Path), required=True,
               help="Output folder (embeddings.npy, ids.txt, failed.tsv, meta.json).")
@@ -153,8 +156,9 @@ def _threads_option(f):
 @click.option("--world-size", type=click.IntRange(min=1), default=None, help="Number of processes [default: $WORLD_SIZE, else 1].")
 @click.option("--overwrite", is_flag=True, help="Discard what OUT holds instead of resuming.")
 @_threads_option
+@no_progress_option
 def extract_cmd(model_or_onnx, images, out, engine, provider, batch_size, workers, shard_size, layer, pool, rank,
-                world_size, overwrite, threads):
+                world_size, overwrite, threads, no_progress):
     """Embed IMAGES (files and folders) with MODEL_OR_ONNX (registry name, checkpoint folder or .onnx).
 
     Resumable: a rerun with the same arguments skips finished shards. Under torchrun each rank takes
@@ -183,7 +187,7 @@ def extract_cmd(model_or_onnx, images, out, engine, provider, batch_size, worker
             source = str((out / MODEL).resolve())
         summary = extract(eng, images, out, batch_size=batch_size, workers=workers, shard_size=shard_size,
                           rank=rank, world_size=world_size, source=source, overwrite=overwrite,
-                          model_file=model_file)
+                          model_file=model_file, progress=progress_wanted(no_progress))
     if summary.get("already"):
         click.echo(f"{out} is complete already: {summary['count']} embeddings ({summary['failed']} unreadable)")
     elif summary["done"]:
@@ -209,7 +213,7 @@ def index_group():
 @click.option("--whiten", type=click.IntRange(min=1), default=None, help="Learn PCA whitening to N dims on the database.")
 @click.option("--recall", "recall_target", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Tune search parameters (and with --type auto, the type) for this recall@k against exact search.")
-@click.option("-k", type=click.IntRange(1, MAX_K), default=10, show_default=True, help="k of the recall target.")
+@click.option("-k", "--k", type=click.IntRange(1, MAX_K), default=10, show_default=True, help="k of the recall target.")
 @click.option("--nlist", type=click.IntRange(min=1), default=None, help="IVF lists [default: ~4 sqrt(N)].")
 @click.option("--pq-m", type=click.IntRange(1, 256), default=None, help="PQ bytes per vector [default: ~D/8, at most 64].")
 @click.option("--hnsw-m", type=click.IntRange(*HNSW_M), default=32, show_default=True, help="HNSW graph degree.")
@@ -256,7 +260,7 @@ def _set_faiss_threads(threads):
 @click.command("search")
 @click.argument("index_dir", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True)
-@click.option("-k", type=click.IntRange(1, MAX_K), default=5, show_default=True, help="Results per query.")
+@click.option("-k", "--k", type=click.IntRange(1, MAX_K), default=5, show_default=True, help="Results per query.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: [{query, results: [{id, score}]}].")
 @_threads_option
 def search_cmd(index_dir, images, k, as_json, threads):

@@ -187,8 +187,8 @@ def _spec(fz: Fuzz):
             num_opt("--k", [5]) if r.random() < 0.3 else ([], "ok"),
             num_opt("--temperature", [0.07]) if r.random() < 0.3 else ([], "ok"),
             num_opt("--epochs", [1]) if r.random() < 0.3 else ([], "ok"),
-            opt("--json", fz.output_path(".json")) if r.random() < 0.3 else ([], "ok"),
-            opt("--cards", fz.output_path()) if r.random() < 0.3 else ([], "ok"),
+            opt("--json-out", fz.output_path(".json")) if r.random() < 0.3 else ([], "ok"),
+            opt("--cards-dir", fz.output_path()) if r.random() < 0.3 else ([], "ok"),
             (["--record"], "odd") if r.random() < 0.2 else ([], "ok"),
         ]),
         "export": (True, lambda: [

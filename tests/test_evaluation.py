@@ -81,7 +81,7 @@ def test_record_merges_results_and_refuses_random_init(tmp_path):
     # other seeds: the file starts afresh, never mixing numbers of different checkpoints
     record_results({**report, "seeds": {"0": {}, "2": {}}, "results": [{**entry, "value": 79.0}]}, tmp_path)
     assert [(r["protocol_id"], r["value"]) for r in json.loads(path.read_text())["results"]] == [("knn", 79.0)]
-    res = run_zoo("eval", "random:rotnet_nin_fmnist", "--protocol", "cluster", "--record", "--cards", str(tmp_path))
+    res = run_zoo("eval", "random:rotnet_nin_fmnist", "--protocol", "cluster", "--record", "--cards-dir", str(tmp_path))
     assert res.returncode == 2 and "nothing to record" in res.stderr and res.stderr.count("\n") == 1
 
 
@@ -167,8 +167,8 @@ def test_eval_of_two_seeds_reports_mean_std_and_validation_choices(tmp_path):
     out = tmp_path / "report.json"
     res = run_zoo("eval", str(folders[0]), str(folders[1]), "--protocol", "knn", "--train-limit", "300",
                   "--val-size", "200", "--test-limit", "200", "--layers", "block1,block2", "--baseline-seeds", "2",
-                  "--json", str(out),
-                  "--record", "--cards", str(tmp_path / "cards"), env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+                  "--json-out", str(out),
+                  "--record", "--cards-dir", str(tmp_path / "cards"), env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
     assert res.returncode == 0, res.stderr
     report = json.loads(out.read_text())
     entry = report["results"][0]
@@ -182,7 +182,7 @@ def test_eval_of_two_seeds_reports_mean_std_and_validation_choices(tmp_path):
     # the same evaluation again reads every score from the cache and gives the same numbers
     again = run_zoo("eval", str(folders[0]), str(folders[1]), "--protocol", "knn", "--train-limit", "300",
                     "--val-size", "200", "--test-limit", "200", "--layers", "block1,block2", "--baseline-seeds", "2",
-                    "--json", str(out),
+                    "--json-out", str(out),
                     env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
     second = json.loads(out.read_text())["results"][0]
     assert again.returncode == 0 and second["per_seed"] == entry["per_seed"] and second["baseline"] == entry["baseline"]

@@ -221,7 +221,7 @@ def test_whitening_is_learned_on_the_database_and_applied_to_queries():
 def test_cli_extract_index_search_end_to_end(onnx_model, jpegs, tmp_path):
     res = run_zoo("extract", str(onnx_model), str(jpegs), "-o", str(tmp_path / "emb"), "--batch-size", "4")
     assert res.returncode == 0, res.stderr
-    assert "1 unreadable files listed" in res.stdout and "img/s" in res.stderr  # tqdm's rate
+    assert "1 unreadable files listed" in res.stdout and res.stderr == ""  # a pipe: no progress bar
     res = run_zoo("index", "build", str(tmp_path / "emb"), "-o", str(tmp_path / "ix"), "--whiten", "8")
     assert res.returncode == 0, res.stderr
     res = run_zoo("search", str(tmp_path / "ix"), str(jpegs / "coffee.jpg"), str(jpegs / "broken.jpg"),

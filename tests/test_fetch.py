@@ -434,6 +434,9 @@ def test_progress_bar_with_rate_only_on_a_terminal(tmp_path, serve, monkeypatch,
     terminal = os.fdopen(slave, "w")
     monkeypatch.setattr(sys, "stderr", terminal)
     try:
+        fetch.download(server.url + "/file.tar.gz", tmp_path / "quiet", name=NIN, progress=False)  # --no-progress
+        terminal.flush()
+        quiet = select.select([master], [], [], 0.5)[0]
         fetch.download(server.url + "/file.tar.gz", tmp_path / "bar", name=NIN)
         terminal.flush()
         drawn = ""
@@ -443,8 +446,8 @@ def test_progress_bar_with_rate_only_on_a_terminal(tmp_path, serve, monkeypatch,
         monkeypatch.undo()
         terminal.close()
         os.close(master)
-    assert (tmp_path / "bar").read_bytes() == path.read_bytes()
-    assert NIN in drawn and "B/s" in drawn
+    assert (tmp_path / "bar").read_bytes() == path.read_bytes() == (tmp_path / "quiet").read_bytes()
+    assert NIN in drawn and "B/s" in drawn and not quiet
 
 
 # -- the command line ----------------------------------------------------------------------------------

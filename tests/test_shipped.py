@@ -160,7 +160,7 @@ def test_a_cards_knn_number_is_reproduced_from_the_shipped_weights(tmp_path):
     entry = next(r for r in recorded["results"] if r["protocol_id"] == "knn")
     seed = entry["seeds"].index(recorded["shipped_seed"])
     out = tmp_path / "knn.json"
-    res = run_zoo("eval", name, "--protocol", "knn", "--baseline-seeds", "0", "--json", str(out),
+    res = run_zoo("eval", name, "--protocol", "knn", "--baseline-seeds", "0", "--json-out", str(out),
                   env={"XDG_CACHE_HOME": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr
     report = json.loads(out.read_text())

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from zoo.cli import NON_EMPTY, OutputPath
+from zoo.cli import NON_EMPTY, OutputPath, complete_model_or_path, no_progress_option, progress_wanted
 from zoo.errors import UsageError
 
 
@@ -30,14 +30,23 @@ def _command_line() -> str:
     return "zoo " + shlex.join(sys.argv[1:])
 
 
+def _complete_method(ctx, param, incomplete: str):
+    """Shell completion of the trainable methods (`zoo train rot<TAB>`)."""
+    from click.shell_completion import CompletionItem
+
+    from training.methods import method_names
+
+    return [CompletionItem(n) for n in method_names() if n.startswith(incomplete)]
+
+
 @click.command()
-@click.argument("method")
+@click.argument("method", shell_complete=_complete_method)
 @click.option("--recipe", type=NON_EMPTY, default="small", show_default=True,
               help="paper (published hyperparameters, for torchrun on GPUs), small (2 CPU cores, minutes) "
                    "or tiny (seconds, for tests).")
 @click.option("--data", type=NON_EMPTY, default=None, help="Training data: a Fashion-MNIST IDX folder, CIFAR python folder, "
               "ImageFolder tree or one image file; or fmnist, photos, photo:NAME, image:PATH. Default: the recipe's.")
-@click.option("--out", type=OutputPath(file_okay=False, path_type=Path), default=None,
+@click.option("-o", "--out", type=OutputPath(file_okay=False, path_type=Path), default=None,
               help="Run folder (checkpoints, metrics.jsonl, model/). Default: runs/METHOD-RECIPE.")
 @click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in --out.")
 @click.option("--epochs", type=click.IntRange(1, MAX_EPOCHS), default=None, help="Override the recipe's epochs.")
@@ -50,7 +59,7 @@ def _command_line() -> str:
 @click.option("--workers", type=click.IntRange(0, MAX_WORKERS), default=None, help="Data-loading processes per rank.")
 @click.option("--checkpoint-every", type=click.IntRange(0, MAX_IMAGES), default=None,
               help="Optimiser steps between mid-epoch checkpoints (0: only at epoch ends).")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@no_progress_option
 def train(method, recipe, data, out, resume, epochs, batch_size, limit, accumulate, precision, seed, workers,
           checkpoint_every, no_progress):
     """Train METHOD with a recipe and write a checkpoint folder (OUT/model) that zoo.from_pretrained loads.
@@ -67,7 +76,8 @@ def train(method, recipe, data, out, resume, epochs, batch_size, limit, accumula
     out = out or Path("runs") / f"{method}-{recipe}"
     created = [p for p in (out, *out.parents) if not os.path.lexists(p)]  # innermost first
     try:
-        fit(module.METHOD, chosen, out, data=data, resume=resume, command=_command_line(), progress=not no_progress)
+        fit(module.METHOD, chosen, out, data=data, resume=resume, command=_command_line(),
+            progress=progress_wanted(no_progress))
     except BaseException:
         # A run refused before its first checkpoint (data too small for the batch, unreadable data)
         # must not leave empty run folders behind; rmdir removes only the empty ones it made.
@@ -78,7 +88,7 @@ def train(method, recipe, data, out, resume, epochs, batch_size, limit, accumula
 
 
 @click.command("eval")
-@click.argument("models", metavar="MODEL...", nargs=-1, required=True)
+@click.argument("models", metavar="MODEL...", nargs=-1, required=True, shell_complete=complete_model_or_path)
 @click.option("--protocol", type=NON_EMPTY, default="linear", show_default=True,
               help="linear, linear-pool, knn, cluster, retrieval, a comma-separated list of them, or all.")
 @click.option("--data", type=NON_EMPTY, default=None, help="Labelled data with a train and a test split (default: Fashion-MNIST); "
@@ -93,20 +103,24 @@ def train(method, recipe, data, out, resume, epochs, batch_size, limit, accumula
 @click.option("--baseline-seeds", type=click.IntRange(min=0, max=20), default=3, show_default=True,
               help="Random-init copies of the architecture evaluated beside the model (0: none).")
 @click.option("--no-baseline", is_flag=True, help="Same as --baseline-seeds 0.")
-@click.option("--k", type=click.IntRange(min=1, max=100_000), default=200, show_default=True,
+@click.option("-k", "--k", type=click.IntRange(min=1, max=100_000), default=200, show_default=True,
               help="kNN neighbours (NPID: 200).")
 @click.option("--temperature", type=click.FloatRange(min=1e-4, max=100.0), default=0.07, show_default=True,
               help="kNN vote temperature (NPID: 0.07).")
 @click.option("--epochs", type=click.IntRange(min=1, max=1000), default=None, help="Linear-probe epochs (default 36).")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True, help="Data subsets, probe initialisation, k-means.")
-@click.option("--json", "json_out", type=OutputPath(dir_okay=False, path_type=Path), default=None,
+@click.option("--json", "as_json", is_flag=True, help="Print the results JSON on stdout instead of the tables.")
+@click.option("--json-out", type=OutputPath(dir_okay=False, path_type=Path), default=None,
               help="Also write the results JSON to this file.")
 @click.option("--record", is_flag=True, help="Merge the results into CARDS/results/<model>.json.")
-@click.option("--cards", type=OutputPath(file_okay=False, path_type=Path), default=None,
+@click.option("--cards-dir", type=OutputPath(file_okay=False, path_type=Path), default=None,
               help="Model-card folder --record writes into (default: $ZOO_CARDS, else ~/.cache/sslzoo/cards; "
                    "the repository's MODEL_CARDS only when named here).")
+# The older spelling, kept working: every published card's results name the command that made them.
+@click.option("--cards", "cards_alias", type=OutputPath(file_okay=False, path_type=Path), default=None, hidden=True)
+@no_progress_option
 def eval_cmd(models, protocol, data, layers, train_limit, val_size, test_limit, baseline_seeds, no_baseline, k,
-             temperature, epochs, seed, json_out, record, cards):
+             temperature, epochs, seed, as_json, json_out, record, cards_dir, cards_alias, no_progress):
     """Evaluate MODEL's frozen features, beside random-init models of the same architecture.
 
     MODEL: a checkpoint folder, a training run folder (its model/), a registry name or Hub repo id
@@ -116,6 +130,7 @@ def eval_cmd(models, protocol, data, layers, train_limit, val_size, test_limit, 
     """
     from training import evaluation
 
+    _refuse_old_json_file(models, as_json)
     if record and any(m.startswith(evaluation.RANDOM_PREFIX) for m in models):
         raise UsageError(f"nothing to record: {models[0]} has random weights; its numbers are recorded as the "
                          "baseline beside a trained model's (record a checkpoint folder)")
@@ -130,12 +145,25 @@ def eval_cmd(models, protocol, data, layers, train_limit, val_size, test_limit, 
     if layers and not layer_list:
         raise UsageError(f"--layers {layers!r} names no layer; leave it out for all layers")
     report = evaluation.evaluate(models, protocols, data=data, layers=layer_list, settings=settings,
-                                 baseline_seeds=0 if no_baseline else baseline_seeds, command=_command_line())
-    evaluation.print_report(report)
+                                 baseline_seeds=0 if no_baseline else baseline_seeds, command=_command_line(),
+                                 progress=progress_wanted(no_progress))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        evaluation.print_report(report)
     if json_out is not None:
         from zoo.checkpoint import atomic_write_text
 
         atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
     if record:
-        path = evaluation.record_results(report, cards)
-        click.echo(f"recorded in {path}")
+        path = evaluation.record_results(report, cards_dir or cards_alias)
+        click.echo(f"recorded in {path}", err=as_json)  # stdout holds only the JSON
+
+
+def _refuse_old_json_file(models, as_json: bool) -> None:
+    """``--json FILE`` took a file before ``--json`` became a flag: such a command line now reads
+    FILE as one more MODEL. Said in one line, before any model is opened."""
+    stray = [m for m in models if m.endswith(".json") and not os.path.isdir(m)]
+    if as_json and stray:
+        raise UsageError(f"--json prints the results on stdout and takes no file; write {stray[0]} with "
+                         "--json-out FILE")

@@ -91,6 +91,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from training.data import SampleView, SkipCounter, collate_skipping, describe, iterate_batches, limit_dataset, open_dataset
 from training.recipes import Recipe
+from zoo.cli import progress_wanted
 from zoo.checkpoint import atomic_write, atomic_write_text, state_dict_sha256
 from zoo.errors import UsageError, ZooError
 
@@ -567,7 +568,7 @@ class Trainer:
         order = self._epoch_order(epoch)
         self.view.epoch = epoch
         bar = None
-        if self.dist.is_main and self.progress:
+        if self.dist.is_main and self.progress and progress_wanted():  # a bar on a terminal only
             from tqdm import tqdm
 
             bar = tqdm(total=ctx.steps_per_epoch, initial=self.step_in_epoch,

@@ -54,6 +54,7 @@ from training.clustering import kmeans
 from training.recipes import Schedule
 from training.transforms import eval_transform
 from zoo.errors import UsageError, ZooError
+from zoo.cli import progress_wanted
 from zoo.fileset import read_json
 from zoo.registry import RANDOM_PREFIX
 from zoo.results import beats_random_init
@@ -179,7 +180,7 @@ def extract_features(model: nn.Module, dataset, layers: Sequence[str], pools: di
     feats: dict[Any, list[torch.Tensor]] = {key: [] for key in pools}
     labels = []
     batches = iterate_batches(view, batch_size, counter=counter)
-    if progress and _show_progress():
+    if progress and progress_wanted():
         from tqdm import tqdm
 
         batches = tqdm(batches, total=math.ceil(len(view) / batch_size), desc=progress, unit="batch",
@@ -192,13 +193,6 @@ def extract_features(model: nn.Module, dataset, layers: Sequence[str], pools: di
     if not labels:
         raise ZooError("no readable images to extract features from")
     return {k: torch.cat(v) for k, v in feats.items()}, torch.cat(labels)
-
-
-def _show_progress() -> bool:
-    """Progress bars only on a terminal: logs and pipes get the results, not bar redraws."""
-    import sys
-
-    return sys.stderr.isatty()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,8 +424,8 @@ class _Features:
     """Pooled features of one model, computed once per data set -- every pooling the protocols need in
     the same forward pass -- and reused by all protocols."""
 
-    def __init__(self, model: nn.Module, layers: Sequence[str], settings: EvalSettings, counter: SkipCounter, tag: str,
-                 poolings: Sequence[str] = ("global",)):
+    def __init__(self, model: nn.Module, layers: Sequence[str], settings: EvalSettings, counter: SkipCounter,
+                 tag: str | None, poolings: Sequence[str] = ("global",)):
         from zoo.inspect import layer_shapes
 
         self.model, self.layers, self.settings, self.counter, self.tag = model, list(layers), settings, counter, tag
@@ -450,7 +444,7 @@ class _Features:
             poolings = sorted({pooling, *self.poolings}) if name in ("train", "val", "test") else [pooling]
             pools = {(p, n): m for p in poolings for n, m in self._pools(p).items()}
             feats, labels = extract_features(self.model, dataset, self.layers, pools, counter=self.counter,
-                                             progress=f"{self.tag} {name} features")
+                                             progress=f"{self.tag} {name} features" if self.tag else None)
             for p in poolings:
                 self.cache[(name, p)] = ({n: feats[(p, n)] for n in self.layers}, labels)
         return self.cache[(name, pooling)]
@@ -595,7 +589,7 @@ def _score_key(weights: dict[str, Any], model: nn.Module, protocol: str, layers:
 
 def cached_scores(weights: dict[str, Any], make_model, protocols: Sequence[str], layers: Sequence[str],
                   settings: EvalSettings, data_spec: str | None, data: EvalData, counter: SkipCounter,
-                  tag: str) -> dict[str, Scores]:
+                  tag: str | None) -> dict[str, Scores]:
     """``score_layers`` of every protocol for one model, read from the cache where these weights
     (``{"sha256": ...}`` or ``{"random-init": seed}``) were scored the same way before.
     ``make_model()`` builds the model only when something is missing."""
@@ -701,12 +695,13 @@ def _seed_of(loaded: LoadedModel, position: int) -> int:
 
 def evaluate(models: Sequence[str], protocols: Sequence[str], data: str | None = None,
              layers: Sequence[str] | None = None, settings: EvalSettings = EvalSettings(), baseline_seeds: int = 3,
-             command: str = "") -> dict[str, Any]:
+             command: str = "", progress: bool = True) -> dict[str, Any]:
     """Evaluate one model's checkpoints (one per training seed) under ``protocols``, beside
     ``baseline_seeds`` random-init copies of its architecture, and return the results JSON.
 
     Every choice (layer, probe L2 weight) is made on validation data; the test data is only
     reported. Values are means over the checkpoints with their sample standard deviation.
+    ``progress=False``: no feature-extraction bars (they are drawn only on a terminal anyway).
     """
     protocols = [p for name in protocols for p in protocol_list(name)]
     if "retrieval" in protocols and data is not None:
@@ -724,9 +719,9 @@ def evaluate(models: Sequence[str], protocols: Sequence[str], data: str | None =
         else:
             weights, make = {"sha256": ((m.config or {}).get("weights") or {}).get("sha256")}, lambda m=m: m.model
         model_scores.append(cached_scores(weights, make, protocols, layers, settings, data, eval_data, counter,
-                                          f"{m.name} seed {_seed_of(m, i)}"))
+                                          f"{m.name} seed {_seed_of(m, i)}" if progress else None))
     base_scores = [cached_scores({"random-init": seed}, _random_init_maker(first, seed, eval_data), protocols, layers,
-                                 settings, data, eval_data, counter, f"random-init seed {seed}")
+                                 settings, data, eval_data, counter, f"random-init seed {seed}" if progress else None)
                    for seed in range(baseline_seeds)]
     train_desc, val_desc = describe(eval_data.train), describe(eval_data.val)
     results = []

@@ -32,7 +32,7 @@ def train_stage(ctx):
     click.echo(f"[train] RotNet, recipe {recipe.name}: {recipe.epochs} epoch(s) on {recipe.limit:,} Fashion-MNIST "
                f"images, batch {recipe.batch_size} x 4 rotations")
     start = time.perf_counter()
-    result = fit(RotNet, recipe, out, command=f"zoo quickstart{' --fast' if ctx.fast else ''}")
+    result = fit(RotNet, recipe, out, command=f"zoo quickstart{' --fast' if ctx.fast else ''}", progress=ctx.progress)
     ctx.data["checkpoint"] = result.model_dir
     acc = result.metrics.get("rotation_acc", float("nan"))
     return [SummaryRow("train", f"RotNet {result.steps} steps; held-out rotation accuracy {acc:.1%}; "
@@ -48,7 +48,7 @@ def eval_stage(ctx):
     for protocol in ("linear", "knn"):
         start = time.perf_counter()
         report = evaluate([ctx.data["checkpoint"]], [protocol], settings=settings, baseline_seeds=1,
-                          command=f"zoo quickstart{' --fast' if ctx.fast else ''}")
+                          command=f"zoo quickstart{' --fast' if ctx.fast else ''}", progress=ctx.progress)
         print_report(report)
         reports[protocol] = report
         entry = report["results"][0]

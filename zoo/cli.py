@@ -107,6 +107,52 @@ class InputFolder(click.Path):
         return path
 
 
+# ---------------------------------------------------------------------------------------------
+# The option vocabulary every subcommand shares (README "Options"): the output is `-o/--out`, other
+# files written beside it `--NAME-out`; `--json` is a flag that prints JSON on stdout; `-k/--k`;
+# `--cards-dir`; `--no-progress` wherever a bar can be drawn. tests/test_cli_vocabulary.py walks
+# every parser and holds each command to it.
+# ---------------------------------------------------------------------------------------------
+
+def renamed(old: str, new: str, flag: bool = False):
+    """A hidden option ``old`` that refuses itself in one line naming ``new``, its current spelling:
+    a script written for an older sslzoo stops at once instead of running with the option dropped."""
+    def refuse(ctx, param, value):
+        if value:
+            raise click.UsageError(f"{old} is now {new}; rerun with {new}", ctx)
+
+    return click.option(old, is_flag=flag, default=None, hidden=True, expose_value=False, callback=refuse)
+
+
+def no_progress_option(f):
+    return click.option("--no-progress", is_flag=True,
+                        help="No progress bar (bars are drawn only when stderr is a terminal).")(f)
+
+
+def progress_wanted(no_progress: bool = False) -> bool:
+    """Progress bars only on a terminal, and never with --no-progress: a log file or a pipe gets
+    the results, not hundreds of carriage-return redraws."""
+    return not no_progress and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+
+
+def complete_model_names(ctx, param, incomplete: str):
+    """Shell completion of registry names (`zoo info rot<TAB>`); ``random:NAME`` completes too."""
+    from click.shell_completion import CompletionItem
+
+    from zoo.registry import list_models
+
+    prefix = "random:" if incomplete.startswith("random:") else ""
+    return [CompletionItem(prefix + n) for n in list_models() if (prefix + n).startswith(incomplete)]
+
+
+def complete_model_or_path(ctx, param, incomplete: str):
+    """Registry names first; where none matches, the shell completes file and folder names (the
+    file item tells click's bash script to fall back to them, and must come first: it clears the list)."""
+    from click.shell_completion import CompletionItem
+
+    return [CompletionItem(incomplete, type="file"), *complete_model_names(ctx, param, incomplete)]
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sslzoo", prog_name="zoo")
 def cli():
@@ -151,7 +197,7 @@ def list_cmd(pattern: str | None, as_json: bool, method: str | None, pretrained:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_model_names)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def info(name: str, as_json: bool):
     """Input spec, feature layers with output shapes, parameter count and weights status of NAME."""
@@ -204,13 +250,21 @@ def info(name: str, as_json: bool):
 @click.option("--hf", is_flag=True, help="Upload to the Hugging Face Hub instead (token from `hf auth login` or HF_TOKEN).")
 @click.option("--revision", default="main", show_default=True, help="Branch to publish to.")
 @click.option("--private", is_flag=True, help="Create the Hub repo private (--hf only).")
+@click.option("--token", type=NON_EMPTY, default=None,
+              help="Hugging Face token for --hf [default: $HF_TOKEN, else `hf auth login`'s]. Prefer HF_TOKEN: "
+                   "other users of the machine can read a command line.")
 @click.option("--message", default=None, help="Commit message [default: names the model and its weights' sha256].")
-def publish(directory, repo, local_hub, hf, revision, private, message):
+def publish(directory, repo, local_hub, hf, revision, private, token, message):
     """Validate the checkpoint folder DIRECTORY, then publish it to the local hub or the Hub."""
+    from zoo.errors import UsageError
     from zoo.hub import publish as publish_checkpoint
 
+    if token and not hf:
+        raise UsageError("--token is for --hf uploads; the local hub needs none")
+    # token None: huggingface_hub reads HF_TOKEN, then the token `hf auth login` stored. It is
+    # handed to HfApi and nowhere else: never printed, never in an error line.
     done = publish_checkpoint(directory, repo, hf=hf, local_hub=local_hub, revision=revision, private=private,
-                              commit_message=message)
+                              token=token, commit_message=message)
     where = f"{done.destination} ({'commit' if hf else 'snapshot'} {done.version[:12]})"
     click.echo(f"published {repo}@{done.revision} to {where}: {', '.join(done.files)}")
     if done.url:
@@ -247,7 +301,7 @@ def ship(directory, cards_dir):
 
 
 @cli.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_model_names)
 @click.option("--all", "all_models", is_flag=True, help="Every registry model, plus the index MODEL_CARDS/README.md.")
 @click.option("--checkpoint", default=None, type=InputFolder(),
               help="Write the card of this checkpoint folder's own weights into its README.md instead.")

@@ -200,9 +200,12 @@ class _NoBar:
         pass
 
 
-def _progress(total: int | None, initial: int, desc: str):
-    """A tqdm bar with the transfer rate on stderr, drawn only when stderr is a terminal."""
-    if not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+def _progress(total: int | None, initial: int, desc: str, show: bool = True):
+    """A tqdm bar with the transfer rate on stderr, drawn only when stderr is a terminal (and
+    ``show``: not `zoo fetch --no-progress`)."""
+    from zoo.cli import progress_wanted
+
+    if not (show and progress_wanted()):
         return _NoBar()
     from tqdm import tqdm
 
@@ -229,7 +232,7 @@ def _discard(*paths: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def download(url: str, dest: Path, *, size: int | None = None, name: str = "") -> None:
+def download(url: str, dest: Path, *, size: int | None = None, name: str = "", progress: bool = True) -> None:
     """Download ``url`` to ``dest`` through ``dest.part``: resumed with HTTP Range after an
     interruption (also by a later call), checked against Content-Length and ``size``, then renamed
     into place. A transfer that keeps failing leaves the .part file for the next call."""
@@ -240,7 +243,7 @@ def download(url: str, dest: Path, *, size: int | None = None, name: str = "") -
         if attempt:
             time.sleep(min(RETRY_WAIT_S * 2 ** (attempt - 1), 4.0))
         try:
-            _transfer(url, part, meta_path, size, name)
+            _transfer(url, part, meta_path, size, name, progress)
         except _Retry as why:
             reason = str(why)
             continue
@@ -261,7 +264,7 @@ def _read_meta(meta_path: Path) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def _transfer(url: str, part: Path, meta_path: Path, size: int | None, name: str) -> None:
+def _transfer(url: str, part: Path, meta_path: Path, size: int | None, name: str, progress: bool = True) -> None:
     """One HTTP request appending to ``part``; raises _Retry when it should be tried again."""
     from zoo import __version__
 
@@ -311,7 +314,7 @@ def _transfer(url: str, part: Path, meta_path: Path, size: int | None, name: str
         meta = {"url": url, "etag": response.headers.get("ETag"), "last_modified": response.headers.get("Last-Modified"),
                 "total": total}
         meta_path.write_text(json.dumps(meta), encoding="utf-8")
-        bar = _progress(total, offset, name or part.name)
+        bar = _progress(total, offset, name or part.name, progress)
         try:
             with open(part, "r+b" if offset else "wb") as f:
                 f.seek(offset)
@@ -499,12 +502,12 @@ def _cached(name: str, folder: Path) -> Fetched:
 
 
 def fetch_original(name: str, *, hub: LocalHub | None = None, force: bool = False,
-                   keep_download: bool = False) -> Fetched:
+                   keep_download: bool = False, progress: bool = True) -> Fetched:
     """Download, convert, verify and cache the original release of ``name`` (see the module).
 
     The local hub's copy is returned when there is one (``force=True`` fetches again);
     ``keep_download`` keeps the downloaded file in ``<hub>/.downloads`` for another entry of the
-    same archive."""
+    same archive. ``progress=False``: no download bar (one is drawn only on a terminal anyway)."""
     from zoo.convert import convert_checkpoint
     from zoo.registry import get_model_entry
 
@@ -529,7 +532,7 @@ def fetch_original(name: str, *, hub: LocalHub | None = None, force: bool = Fals
             key = hashlib.sha256(where.encode()).hexdigest()[:12]
             original = downloads / f"{key}-{release.download_name}"
             if not original.is_file():
-                download(where, original, size=release.size, name=name)
+                download(where, original, size=release.size, name=name, progress=progress)
         else:
             original = Path(where)
             if not original.is_file():
@@ -611,17 +614,19 @@ def _report_line(done: Fetched) -> str:
 def _command():
     import click
 
-    from zoo.cli import OutputPath, printable  # an empty --local-hub would silently mean the current folder
+    # OutputPath: an empty --local-hub would silently mean the current folder
+    from zoo.cli import OutputPath, complete_model_names, no_progress_option, printable, progress_wanted
 
     @click.command("fetch")
-    @click.argument("names", nargs=-1)
+    @click.argument("names", nargs=-1, shell_complete=complete_model_names)
     @click.option("--all", "all_releases", is_flag=True,
                   help="Every release that is a direct download; report the manual ones.")
     @click.option("--force", is_flag=True, help="Download and convert again even if the local hub has the model.")
     @click.option("--local-hub", default=None, type=OutputPath(file_okay=False),
                   help="Local hub folder [default: $ZOO_HUB or ~/.cache/sslzoo/hub].")
+    @no_progress_option
     @click.pass_context
-    def fetch(ctx, names, all_releases, force, local_hub):
+    def fetch(ctx, names, all_releases, force, local_hub, no_progress):
         """Download the original authors' release of each NAME, convert it and cache it in the local hub.
 
         No pickled code in the file runs (`zoo convert`'s safe loader reads it). A partial download
@@ -649,7 +654,7 @@ def _command():
                     click.echo(f"{name}: manual download: {release.manual}")
                     counts["manual"] += 1
                     continue
-                done = fetch_original(name, hub=hub, force=force,
+                done = fetch_original(name, hub=hub, force=force, progress=progress_wanted(no_progress),
                                       keep_download=release is not None and last_use[release.url] > i)
             except ZooError as err:
                 message = str(err)

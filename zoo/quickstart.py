@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 import click
 
-from zoo.cli import OutputPath  # an empty --out would silently mean the current folder
+# OutputPath: an empty --out would silently mean the current folder
+from zoo.cli import OutputPath, no_progress_option, progress_wanted
 from zoo.errors import ZooError
 
 # zoo's stages run first; the plug-in groups follow: first what a user of published weights does
@@ -38,6 +39,7 @@ class SummaryRow:
 class Context:
     out: Path
     fast: bool = False
+    progress: bool = True  # bars are drawn only on a terminal (zoo.cli.progress_wanted) and without --no-progress
     data: dict[str, Any] = field(default_factory=dict)
 
 
@@ -130,16 +132,17 @@ def run_stages(ctx: Context, stages: list[Stage] | None = None) -> list[SummaryR
 
 
 @click.command()
-@click.option("--out", type=OutputPath(file_okay=False, path_type=Path), default=Path("runs/quickstart"),
+@click.option("-o", "--out", type=OutputPath(file_okay=False, path_type=Path), default=Path("runs/quickstart"),
               show_default=True, help="Folder for everything the quickstart writes.")
 @click.option("--fast", is_flag=True, help="Smallest settings, for tests (seconds instead of minutes).")
-def quickstart(out: Path, fast: bool):
+@no_progress_option
+def quickstart(out: Path, fast: bool, no_progress: bool):
     """Run the main job on embedded data and print a summary table."""
     from zoo.cli import print_table
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    summary = run_stages(Context(out=out, fast=fast))
+    summary = run_stages(Context(out=out, fast=fast, progress=progress_wanted(no_progress)))
     click.echo("\nsummary")
     print_table(("stage", "result", "seconds"), [(r.stage, r.result, f"{r.seconds:.1f}") for r in summary])
     click.echo(f"quickstart finished in {time.perf_counter() - start:.1f} s; outputs in {out}")
