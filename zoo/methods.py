@@ -182,3 +182,14 @@ JIGSAW = _declare(MethodInfo(
     permutation. Putting the pieces back in order needs to know what object parts look like and how they
     are arranged.
     """)))
+EXEMPLAR = _declare(MethodInfo(
+    "exemplar", "Exemplar-CNN",
+    Paper("Discriminative Unsupervised Feature Learning with Exemplar Convolutional Neural Networks",
+          "Dosovitskiy, Fischer, Springenberg, Riedmiller, Brox", "NIPS 2014 / TPAMI 2016",
+          "https://arxiv.org/abs/1406.6909"),
+    _prose("""
+    Every seed image of a fixed set is its own class. The network sees each seed under strong random
+    changes of position, scale, rotation, contrast and brightness and is trained to say which seed the
+    changed copy came from, so its features must stay the same under those changes while still telling
+    thousands of images apart.
+    """)))

@@ -509,6 +509,12 @@ _ours("iic_resnet_small_fmnist", "resnet_small", IIC,
       "A small 32x32 ResNet trained on Fashion-MNIST with IIC by sslzoo's small recipe.", **_SMALL_RESNET)
 _ours("deepercluster_resnet_small_fmnist", "resnet_small", DEEPERCLUSTER,
       "A small 32x32 ResNet trained on Fashion-MNIST with DeeperCluster by sslzoo's small recipe.", **_SMALL_RESNET)
+_ours("jigsaw_resnet_small_fmnist", "resnet_small", JIGSAW,
+      "A small 32x32 ResNet trained on Fashion-MNIST to solve 3x3 jigsaw puzzles of 9-pixel tiles (64 "
+      "permutations) by sslzoo's small recipe.", **_SMALL_RESNET)
+_ours("exemplar_resnet_small_fmnist", "resnet_small", method_info("exemplar"),
+      "A small 32x32 ResNet trained on Fashion-MNIST as an Exemplar-CNN (one surrogate class per seed image) "
+      "by sslzoo's small recipe.", **_SMALL_RESNET)
 
 
 # --------------------------------------------------------------------------------------------
@@ -553,4 +559,8 @@ IMAGENET_LINEAR_REFERENCE: dict[str, LinearReference] = {
                                       "and SOP, with no ImageNet linear probe."),
     "cpc": _reference("cpc_resnet50", 63.8, "ResNet-50, linear classification, as transcribed from the paper by Papers "
                                             "with Code (the paper's table was not read here)"),
+    "jigsaw": _reference("jigsaw_resnet50", 48.57, "ResNet-50 trained by VISSL on jigsaw puzzles (the paper's "
+                                                   "CFN is an AlexNet), linear probe on frozen features"),
+    "exemplar": LinearReference(None, "Exemplar-CNN reports classification on STL-10, CIFAR-10 and Caltech-101 with "
+                                      "its own small networks, no ImageNet linear probe."),
 }
