@@ -150,6 +150,8 @@ RECIPES = method_recipes(__name__, {
     # Fashion-MNIST 32x32 grey: 500 seed images, each seen under 120 random transformations. With
     # 2,000 seeds seen 30 times each (the same 60,000 samples) the loss had not left chance level
     # (log 2000 = 7.60 -> 7.59) after 9 of 30 epochs: too few samples per class for the classifier.
+    # Measured once (seed 0): 125 s of CPU on one thread; loss 6.21 (chance) -> 3.16, training
+    # accuracy 30 % in the last epoch; kNN top-1 75.8 at layer3, 75.5 at layer4 (random init 65.5 +- 2.6).
     "small": small_recipe(
         model="exemplar_resnet_small_fmnist", epochs=120, batch_size=100, limit=500, precision="bf16",
         optimizer=Optimizer(lr=0.1, weight_decay=5e-4, nesterov=True),
