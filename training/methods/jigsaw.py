@@ -22,8 +22,8 @@ Fashion-MNIST at 32x32: the published model must stay the registry's ``resnet_sm
 32x32 images, so the tiles are cut at their own size rather than upsampled: a 30-pixel random
 crop gives 10-pixel cells and 9-pixel tiles (the paper's 64/75 tile-to-cell ratio rounded up,
 which leaves a gap of 0-2 pixels between tiles). ``resnet_small`` has a stride-1 stem and three
-stride-2 stages, so a 9-pixel tile still ends in a 2x2 map; upsampling to 32 would cost about 12
-times as many pixels per image (9 tiles of 32x32 against one 32x32 image) and blow the small
+stride-2 stages, so a 9-pixel tile still ends in a 2x2 map; upsampling the tiles to 32 would cost
+about 12 times as many pixels per puzzle (9 tiles of 32x32 against 9 of 9x9) and blow the small
 recipe's time budget, for tiles that hold no more information. The chromatic-aberration
 precautions of the paper (greyscale and channel jitter) do nothing on grey images and are left out.
 """
