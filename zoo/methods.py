@@ -206,3 +206,14 @@ S4L = _declare(MethodInfo(
     beside a network trained on the same labelled images without the rotation loss.
     """),
     uses_labels=True))
+EXEMPLAR = _declare(MethodInfo(
+    "exemplar", "Exemplar-CNN",
+    Paper("Discriminative Unsupervised Feature Learning with Exemplar Convolutional Neural Networks",
+          "Dosovitskiy, Fischer, Springenberg, Riedmiller, Brox", "NIPS 2014 / TPAMI 2016",
+          "https://arxiv.org/abs/1406.6909"),
+    _prose("""
+    Every seed image of a fixed set is its own class. The network sees each seed under strong random
+    changes of position, scale, rotation, contrast and brightness and is trained to say which seed the
+    changed copy came from, so its features must stay the same under those changes while still telling
+    thousands of images apart.
+    """)))

@@ -515,6 +515,12 @@ _ours("multitask_resnet_small_fmnist", "resnet_small", MULTITASK,
 _ours("s4l_resnet_small_fmnist", "resnet_small", S4L,
       "A small 32x32 ResNet trained on Fashion-MNIST with S4L-Rotation (10 % of the labels plus rotation "
       "prediction on every image) by sslzoo's small recipe.", **_SMALL_RESNET)
+_ours("jigsaw_resnet_small_fmnist", "resnet_small", JIGSAW,
+      "A small 32x32 ResNet trained on Fashion-MNIST to solve 3x3 jigsaw puzzles of 9-pixel tiles (64 "
+      "permutations) by sslzoo's small recipe.", **_SMALL_RESNET)
+_ours("exemplar_resnet_small_fmnist", "resnet_small", method_info("exemplar"),
+      "A small 32x32 ResNet trained on Fashion-MNIST as an Exemplar-CNN (one surrogate class per seed image) "
+      "by sslzoo's small recipe.", **_SMALL_RESNET)
 
 
 # --------------------------------------------------------------------------------------------
@@ -563,4 +569,8 @@ IMAGENET_LINEAR_REFERENCE: dict[str, LinearReference] = {
                                        "that were not read here; no ResNet-50 or AlexNet linear probe to cite."),
     "s4l": LinearReference(None, "S4L is semi-supervised: it reports its own classifier's accuracy with 10 % and "
                                  "1 % of ImageNet's labels, not a linear probe of frozen features."),
+    "jigsaw": _reference("jigsaw_resnet50", 48.57, "ResNet-50 trained by VISSL on jigsaw puzzles (the paper's "
+                                                   "CFN is an AlexNet), linear probe on frozen features"),
+    "exemplar": LinearReference(None, "Exemplar-CNN reports classification on STL-10, CIFAR-10 and Caltech-101 with "
+                                      "its own small networks, no ImageNet linear probe."),
 }
