@@ -182,3 +182,13 @@ JIGSAW = _declare(MethodInfo(
     permutation. Putting the pieces back in order needs to know what object parts look like and how they
     are arranged.
     """)))
+BIGAN = _declare(MethodInfo(
+    "bigan", "BiGAN",
+    Paper("Adversarial Feature Learning", "Donahue, Krähenbühl, Darrell", "ICLR 2017",
+          "https://arxiv.org/abs/1605.09782"),
+    _prose("""
+    A generator turns random codes into images, an encoder turns images into codes, and a
+    discriminator is shown pairs of an image and a code and must tell a real image with its encoding
+    from a generated image with the code it came from. Fooling it forces the encoder to invert the
+    generator, so the encoder's features capture what varies between images; only the encoder is kept.
+    """)))

@@ -17,7 +17,7 @@ from torch import nn
 
 from zoo.backbones import ARCHITECTURES, build_architecture
 from zoo.errors import UnknownNameError
-from zoo.methods import (BYOL, CPC, DEEPCLUSTER, DEEPERCLUSTER, IIC, JIGSAW, MULTIGRAIN, NPID, PIRL,
+from zoo.methods import (BIGAN, BYOL, CPC, DEEPCLUSTER, DEEPERCLUSTER, IIC, JIGSAW, MULTIGRAIN, NPID, PIRL,
                           PROXYNCA, ROTNET, SELA, SIMCLR, MethodInfo, Paper, method_info)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -509,6 +509,9 @@ _ours("iic_resnet_small_fmnist", "resnet_small", IIC,
       "A small 32x32 ResNet trained on Fashion-MNIST with IIC by sslzoo's small recipe.", **_SMALL_RESNET)
 _ours("deepercluster_resnet_small_fmnist", "resnet_small", DEEPERCLUSTER,
       "A small 32x32 ResNet trained on Fashion-MNIST with DeeperCluster by sslzoo's small recipe.", **_SMALL_RESNET)
+_ours("bigan_resnet_small_fmnist", "resnet_small", BIGAN,
+      "A small 32x32 ResNet trained on Fashion-MNIST as BiGAN's encoder (against a generator and a joint "
+      "discriminator) by sslzoo's small recipe.", **_SMALL_RESNET)
 
 
 # --------------------------------------------------------------------------------------------
