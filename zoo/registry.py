@@ -556,4 +556,6 @@ IMAGENET_LINEAR_REFERENCE: dict[str, LinearReference] = {
                                       "and SOP, with no ImageNet linear probe."),
     "cpc": _reference("cpc_resnet50", 63.8, "ResNet-50, linear classification, as transcribed from the paper by Papers "
                                             "with Code (the paper's table was not read here)"),
+    "bigan": LinearReference(None, "BiGAN's ImageNet probes are of an AlexNet, layer by layer, in the paper's tables, "
+                                   "which were not read here; no ResNet-50 number."),
 }

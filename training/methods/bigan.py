@@ -182,9 +182,11 @@ class BiGAN(BackboneMethod, options=BiGANOptions):
                                                                                   crop_padding=o.crop_padding)
 
     def parameter_groups(self):
-        d = set(self.discriminator.parameters())
-        rest = [p for p in self.parameters() if p.requires_grad and p not in d]
-        return [{"params": rest}, {"params": list(d), "lr_scale": self.options.discriminator_lr_scale}]
+        # Lists in module order, never sets: the optimiser's saved state is matched by position.
+        d = list(self.discriminator.parameters())
+        ids = {id(p) for p in d}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
+        return [{"params": rest}, {"params": d, "lr_scale": self.options.discriminator_lr_scale}]
 
     def pairs(self, x: torch.Tensor):
         """((x, E(x)), (G(z), z)) for a batch of real images and as many fresh codes; the images
