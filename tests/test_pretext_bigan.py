@@ -118,3 +118,14 @@ def test_the_method_trains_d_with_its_loss_and_the_encoder_with_the_swapped_one(
     torch.autograd.backward(eg_loss)
     assert all(torch.allclose(p.grad, g, atol=1e-6) for p, g in zip(method.backbone.parameters(), encoder_grad))
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in method.discriminator.parameters())
+
+
+def test_parameter_groups_keep_module_order_and_give_d_its_own_rate():
+    # Optimiser state is restored by position, so the groups must list parameters in a fixed order.
+    recipe = get_recipe("bigan", "small")
+    method = method_module("bigan").METHOD(recipe.replace(model_kwargs={"widths": (4, 4, 4, 4)}))
+    rest, d = method.parameter_groups()
+    assert [id(p) for p in d["params"]] == [id(p) for p in method.discriminator.parameters()]
+    assert d["lr_scale"] == recipe.options.discriminator_lr_scale == 0.2
+    assert [id(p) for p in rest["params"]] + [id(p) for p in d["params"]] == \
+        [id(p) for p in method.parameters()]  # the discriminator is registered last
