@@ -8,16 +8,16 @@ code z to an image, an encoder E maps an image x to a code, and a discriminator 
 differ; only the encoder's backbone is published.
 
 Facts from the paper and the official code (jeffdonahue/bigan, train_gan.py and train_imagenet.sh)
-used here: z is 200-D uniform on [-1, 1] (``--noise u-200``); the encoder is a conv net whose pooled
-features a linear layer maps to z; D reads the image through a conv path, the code through a fully
+used here: z is 200-D uniform on [-1, 1] (``--noise u-200``); the encoder is a conv net ending in a
+linear layer to z (here on the backbone's pooled features); D reads the image through a conv path, the code through a fully
 connected path, and joins them; E and G are trained with the "label-swapped" non-saturating loss --
 they minimise D's cross-entropy with the real and generated labels exchanged (``opp_loss_real``,
 ``opp_loss_gen``, each weighted 1/2), not the saturating ``-D loss`` of the minimax. With ``k = 1`` the
 official code updates D, E and G together from the same batch in one step (``update_both``), which is
 what the engine's single optimiser step does here: ``forward`` returns one loss whose gradient is D's
-loss for D's parameters and E/G's loss for E's and G's (``split_gan_loss``). Adam with lr 2e-4,
-beta1 0.5, L2 weight decay 2.5e-5, batch 128, 50 epochs at the base rate then 50 of exponential decay
-to 1 % of it. The generator ends in a sigmoid ([0, 1] pixels, as the official ``gen_transform`` takes
+loss for D's parameters and E/G's loss for E's and G's (``split_gan_loss``). train_gan.py's
+defaults: Adam with lr 2e-4, beta1 0.5, L2 weight decay 2.5e-5, batch 128, 50 epochs at the base rate
+then 50 of exponential decay to 1 % of it. The generator ends in a sigmoid ([0, 1] pixels, as the official ``gen_transform`` takes
 it), and its images are normalised like real ones before E or D sees them.
 """
 
@@ -225,6 +225,7 @@ class BiGAN(BackboneMethod, options=BiGANOptions):
 
 METHOD = BiGAN
 
+
 def _decay(start: int, n: int) -> Schedule:
     """The official exponential decay, per epoch: the base rate until epoch ``start``, then a
     constant factor per epoch that reaches 1 % in the last of the ``n`` decay epochs."""
@@ -235,14 +236,15 @@ def _decay(start: int, n: int) -> Schedule:
 _ADAM = Optimizer("adam", lr=2e-4, betas=(0.5, 0.999), weight_decay=2.5e-5)
 
 RECIPES = method_recipes(__name__, {
-    # Donahue et al. 2017 Sec. 4 and App. C, and jeffdonahue/bigan train_gan.py defaults with
-    # train_imagenet.sh: AlexNet-style encoder, u-200 codes, batch 128, Adam 2e-4 (beta1 0.5),
-    # weight decay 2.5e-5, 50 epochs then 50 of exponential decay to 1 %. Not reproduced: the paper's
-    # 64-pixel generator and discriminator (ours work at the encoder's 224 input) and its
-    # un-pooled AlexNet conv5 to z mapping (ours pools first).
+    # The ImageNet BiGAN as the official code runs it (jeffdonahue/bigan: train_gan.py's defaults,
+    # train_imagenet.sh's objective and u-200 codes): AlexNet encoder, batch 128, Adam 2e-4 (beta1
+    # 0.5), weight decay 2.5e-5, 50 epochs then 50 of exponential decay to 1 % (the script's 10-class
+    # demo runs 200 + 200); a random crop of the resized image (72 -> 64 there, 256 -> 224 here).
+    # Not reproduced: the 64-pixel generator and discriminator (ours work at the encoder's 224
+    # input); the horizontal flip is ours.
     "paper": paper_recipe(
         model="rotnet_alexnet", epochs=100, batch_size=128, optimizer=_ADAM, schedule=_decay(50, 50),
-        options=BiGANOptions(), source="Donahue et al. 2017 (arXiv 1605.09782) App. C; jeffdonahue/bigan"),
+        options=BiGANOptions(), source="Donahue et al. 2017 (arXiv 1605.09782); jeffdonahue/bigan train_gan.py defaults"),
     # S3L scale: Fashion-MNIST 32x32 grey on the small ResNet, 10,000 images, 2 epochs of 156 steps
     # of 64, bf16; smaller G and D, 50-D codes, no augmentation (the official MNIST set-up), the
     # official first (constant-rate) phase only. With the paper's settings D wins at once (accuracy
