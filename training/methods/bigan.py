@@ -250,6 +250,10 @@ RECIPES = method_recipes(__name__, {
     # official first (constant-rate) phase only. With the paper's settings D wins at once (accuracy
     # 1.0 from step 10 on, telling images apart on pixels alone), so D gets spectral norm, dropout
     # 0.2, instance noise 1.0 and the paper's 2e-4 while E and G move 5x faster (1e-3).
+    # Measured (seed 0, OMP_NUM_THREADS=1, shared machine): 312 steps in 223-226 s; D's accuracy
+    # 0.73 in epoch 1 and 0.54 in epoch 2 (0.45 / 0.43 on held-out real / generated pairs); kNN 66.5
+    # (layer3) against random init's 65.5 +- 2.6, inside the noise. Instance noise 0.5 gave 64.5, 1.5
+    # gave 65.8.
     "small": small_recipe(
         model="bigan_resnet_small_fmnist", epochs=2, batch_size=64, limit=10_000, heldout_limit=2_000,
         precision="bf16", optimizer=Optimizer("adam", lr=1e-3, betas=(0.5, 0.999), weight_decay=2.5e-5),
