@@ -216,4 +216,13 @@ EXEMPLAR = _declare(MethodInfo(
     changes of position, scale, rotation, contrast and brightness and is trained to say which seed the
     changed copy came from, so its features must stay the same under those changes while still telling
     thousands of images apart.
+BIGAN = _declare(MethodInfo(
+    "bigan", "BiGAN",
+    Paper("Adversarial Feature Learning", "Donahue, Krähenbühl, Darrell", "ICLR 2017",
+          "https://arxiv.org/abs/1605.09782"),
+    _prose("""
+    A generator turns random codes into images, an encoder turns images into codes, and a
+    discriminator is shown pairs of an image and a code and must tell a real image with its encoding
+    from a generated image with the code it came from. Fooling it forces the encoder to invert the
+    generator, so the encoder's features capture what varies between images; only the encoder is kept.
     """)))

@@ -19,6 +19,8 @@ from zoo.backbones import ARCHITECTURES, build_architecture
 from zoo.errors import UnknownNameError
 from zoo.methods import (BYOL, CPC, DEEPCLUSTER, DEEPERCLUSTER, IIC, JIGSAW, MULTIGRAIN, MULTITASK, NPID, PIRL,
                           PROXYNCA, ROTNET, S4L, SELA, SIMCLR, MethodInfo, Paper, method_info)
+from zoo.methods import (BIGAN, BYOL, CPC, DEEPCLUSTER, DEEPERCLUSTER, IIC, JIGSAW, MULTIGRAIN, NPID, PIRL,
+                          PROXYNCA, ROTNET, SELA, SIMCLR, MethodInfo, Paper, method_info)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -521,6 +523,9 @@ _ours("jigsaw_resnet_small_fmnist", "resnet_small", JIGSAW,
 _ours("exemplar_resnet_small_fmnist", "resnet_small", method_info("exemplar"),
       "A small 32x32 ResNet trained on Fashion-MNIST as an Exemplar-CNN (one surrogate class per seed image) "
       "by sslzoo's small recipe.", **_SMALL_RESNET)
+_ours("bigan_resnet_small_fmnist", "resnet_small", BIGAN,
+      "A small 32x32 ResNet trained on Fashion-MNIST as BiGAN's encoder (against a generator and a joint "
+      "discriminator) by sslzoo's small recipe.", **_SMALL_RESNET)
 
 
 # --------------------------------------------------------------------------------------------
@@ -573,4 +578,6 @@ IMAGENET_LINEAR_REFERENCE: dict[str, LinearReference] = {
                                                    "CFN is an AlexNet), linear probe on frozen features"),
     "exemplar": LinearReference(None, "Exemplar-CNN reports classification on STL-10, CIFAR-10 and Caltech-101 with "
                                       "its own small networks, no ImageNet linear probe."),
+    "bigan": LinearReference(None, "BiGAN's ImageNet probes are of an AlexNet, layer by layer, in the paper's tables, "
+                                   "which were not read here; no ResNet-50 number."),
 }
