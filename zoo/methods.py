@@ -216,6 +216,7 @@ EXEMPLAR = _declare(MethodInfo(
     changes of position, scale, rotation, contrast and brightness and is trained to say which seed the
     changed copy came from, so its features must stay the same under those changes while still telling
     thousands of images apart.
+    """)))
 BIGAN = _declare(MethodInfo(
     "bigan", "BiGAN",
     Paper("Adversarial Feature Learning", "Donahue, Krähenbühl, Darrell", "ICLR 2017",
