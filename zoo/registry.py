@@ -577,4 +577,14 @@ IMAGENET_LINEAR_REFERENCE: dict[str, LinearReference] = {
                                       "and SOP, with no ImageNet linear probe."),
     "cpc": _reference("cpc_resnet50", 63.8, "ResNet-50, linear classification, as transcribed from the paper by Papers "
                                             "with Code (the paper's table was not read here)"),
+    # The split-brain paper's table of linear classifiers on each frozen AlexNet conv layer (Zhang protocol),
+    # which lists colorization beside split-brain; transcribed in sslzoo's design notes, best layer taken.
+    "colorization": LinearReference(_in1k(
+        32.6, "AlexNet (the authors' model), linear classifier on frozen conv4 (best of conv1-conv5), as listed in "
+              "the split-brain paper's ImageNet linear-classification table; transcribed, not re-read here",
+        "Split-Brain Autoencoders paper (Zhang et al. 2017)", "https://arxiv.org/abs/1611.09842")),
+    "splitbrain": LinearReference(_in1k(
+        35.4, "AlexNet (the authors' model), linear classifier on frozen conv3 (best of conv1-conv5), the paper's "
+              "ImageNet linear-classification table; transcribed, not re-read here",
+        "Split-Brain Autoencoders paper (Zhang et al. 2017)", "https://arxiv.org/abs/1611.09842")),
 }
