@@ -190,9 +190,10 @@ class Colorization(BackboneMethod, options=ColorizationOptions):
 METHOD = Colorization
 
 RECIPES = method_recipes(__name__, {
-    # The paper's solver (Sec. 2.4 and the released Caffe solver): ADAM beta (0.9, 0.99), weight decay
-    # 1e-3, lr 3e-5 dropped to 1e-5 at 200k and 3e-6 at 375k iterations, 450k iterations of 40 images
-    # (about 14 ImageNet epochs); here on a grey-input ResNet-50 (the paper's network is a VGG-style net).
+    # The paper's solver (its training section): ADAM beta (0.9, 0.99), weight decay 1e-3, lr 3e-5 dropped
+    # to 1e-5 at 200k and 3e-6 at 375k iterations, about 450k iterations; 40 images a batch is the official
+    # training prototxt's as remembered, not re-read here (then about 14 ImageNet epochs; x1/3 steps give
+    # 3.3e-6 for the paper's 3e-6). On a grey-input ResNet-50 (the paper's network is a VGG-style net).
     "paper": paper_recipe(
         model="colorization_resnet50", epochs=14, batch_size=40,
         optimizer=Optimizer("adam", lr=3e-5, weight_decay=1e-3, betas=(0.9, 0.99)),
