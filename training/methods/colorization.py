@@ -202,14 +202,15 @@ RECIPES = method_recipes(__name__, {
         source="Zhang, Isola, Efros 2016 (arXiv 1603.08511) Sec. 2-3: 313 bins, soft encoding 5/5, lambda 0.5, "
                "ADAM 3e-5, 450k iterations"),
     # S3L scale: random 32x32 crops of the shipped colour photographs (Fashion-MNIST has no colour),
-    # the shared small ResNet on grey input, predictions at 8x8; Adam at a laptop learning rate.
+    # the shared small ResNet on grey input, predictions at 8x8; Adam at a laptop learning rate. 800 steps
+    # (185 s of one core): Fashion-MNIST kNN 67.1 against 64.8 after 400 steps (random init 65.5).
     "small": small_recipe(
-        model="colorization_resnet_small_photos", data="photo-crops", epochs=2, batch_size=64, limit=12_800,
+        model="colorization_resnet_small_photos", data="photo-crops", epochs=2, batch_size=64, limit=25_600,
         optimizer=Optimizer("adam", lr=2e-3, weight_decay=1e-4, betas=(0.9, 0.99)),
         schedule=Schedule("cosine", warmup_epochs=0.1), checkpoint_every=50, log_every=10,
         options=ColorizationOptions(prior_images=1024),
         source="Zhang, Isola, Efros 2016 (arXiv 1603.08511): targets and rebalancing as the paper; optimiser scaled "
-               "to 400 steps"),
+               "to 800 steps"),
     # Seconds: for tests.
     "tiny": tiny_recipe(
         model="colorization_resnet_small_photos", data="photo-crops", batch_size=32, limit=128,
