@@ -38,6 +38,9 @@ EXPECTED_SHAPES = {
                   "layer3": (256, 9, 9), "layer4": (512, 5, 5)},
     "simclr_resnet_small_fmnist": {"stem": (16, 32, 32), "layer1": (16, 32, 32), "layer2": (32, 16, 16),
                                    "layer3": (64, 8, 8), "layer4": (128, 4, 4)},
+    # two half-width (8-64) ResNets side by side
+    "splitbrain_resnet_small_photos": {"stem": (16, 32, 32), "layer1": (16, 32, 32), "layer2": (32, 16, 16),
+                                       "layer3": (64, 8, 8), "layer4": (128, 4, 4)},
 }
 
 

@@ -9,7 +9,8 @@ are added on top by ``SampleView`` and ``iterate_batches``, the same way for eve
 * CIFAR-10/100 in their python format (read with an unpickler that builds arrays and nothing else),
 * the real photographs shipped with scikit-image and friends (``zoo.photos``),
 * ``SingleImageCrops``: unlimited strongly augmented crops of one photo (Asano et al.,
-  arXiv 1904.13132).
+  arXiv 1904.13132),
+* ``PhotoCrops``: random small crops of every shipped colour photo (colour-prediction methods).
 
 An unreadable or truncated image file is never fatal: ``ImageFolder`` returns ``None`` for it, the
 collate function drops it and counts it, and the engine and ``zoo eval`` report the count.
@@ -18,6 +19,7 @@ collate function drops it and counts it, and the engine and ``zoo eval`` report 
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 import pickle
@@ -250,6 +252,55 @@ class SingleImageCrops(Dataset):
         return self.augment(self.image), -1
 
 
+def is_colour(image: torch.Tensor, tolerance: int = 2) -> bool:
+    """Whether a (C, H, W) uint8 image has colour: some pixel's R, G and B differ by more than
+    ``tolerance`` (scikit-image's brick, grass and gravel are grey photos stored as RGB)."""
+    if image.shape[0] < 3:
+        return False
+    x = image[:3].to(torch.int16)
+    return bool((x[0] - x[1]).abs().max() > tolerance or (x[1] - x[2]).abs().max() > tolerance)
+
+
+@functools.cache
+def _colour_photos() -> dict[str, torch.Tensor]:
+    """The shipped colour photographs as (3, H, W) uint8, decoded once per process (a few seconds)."""
+    from zoo.photos import load_photos
+
+    photos = {n: torch.from_numpy(p).permute(2, 0, 1).contiguous() for n, p in load_photos().items()}
+    return {n: p for n, p in photos.items() if is_colour(p)}
+
+
+class PhotoCrops(Dataset):
+    """Random ``size`` x ``size`` crops of every shipped colour photograph (grey ones are skipped),
+    for the methods that predict colour, which Fashion-MNIST cannot teach.
+
+    Item ``i`` is a crop of photo ``i mod n`` (so every photo is seen equally often): a random-resized
+    crop covering ``scale`` of the photo's area (side 10-50 %: object parts and textures rather than
+    single-coloured pixels), resized to ``size``, flipped with probability 0.5. Randomness comes from
+    torch's generator, which ``SampleView`` seeds per sample; ``length`` sets how many crops make
+    one epoch. The label is the photo's number.
+    """
+
+    def __init__(self, length: int = 50_000, size: int = 32, scale: tuple[float, float] = (0.01, 0.25)):
+        from torchvision.transforms import v2
+
+        photos = _colour_photos()
+        if not photos:
+            raise DataError("no shipped colour photo found (install scikit-image)")
+        self.classes, self.images = tuple(photos), list(photos.values())
+        self.length, self.size = int(length), int(size)
+        self.name = f"random {size}px crops of {len(self.images)} shipped colour photos"
+        self.augment = v2.Compose([v2.RandomResizedCrop(size, scale=scale, antialias=True),
+                                   v2.RandomHorizontalFlip()])
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        k = i % len(self.images)
+        return self.augment(self.images[k]), k
+
+
 class Subset(Dataset):
     """A fixed list of indices into another dataset (keeps its name and classes)."""
 
@@ -300,7 +351,7 @@ def describe(dataset: Dataset) -> str:
 # --data strings
 # ---------------------------------------------------------------------------------------------
 
-KINDS = ("fmnist", "cifar", "folder", "photos", "image", "photo")
+KINDS = ("fmnist", "cifar", "folder", "photos", "photo-crops", "image", "photo")
 
 
 def _check_split(split: str, allowed: Sequence[str]) -> str:
@@ -326,12 +377,21 @@ def parse_data_spec(spec: str | None) -> tuple[str, str | None]:
     """``"kind:arg"`` or a bare path -> (kind, arg). None means Fashion-MNIST at its default path."""
     if spec is None or spec in ("fmnist", "fashion-mnist"):
         return "fmnist", None
-    if spec == "photos":
-        return "photos", None
+    if spec in ("photos", "photo-crops"):
+        return spec, None
     kind, sep, arg = spec.partition(":")
     if sep and kind in KINDS:
         return kind, arg or None
     return _guess_kind(Path(spec)), spec
+
+
+def _crop_size(arg: str | None) -> int:
+    """``photo-crops:SIZE``'s size: 32 when not given."""
+    if arg is None:
+        return 32
+    if not arg.isdigit() or not 8 <= int(arg) <= 1024:
+        raise UsageError(f"photo-crops:SIZE needs a size in pixels from 8 to 1024, got {arg!r}")
+    return int(arg)
 
 
 def open_dataset(spec: str | None, split: str = "train", single_image_length: int = 50_000,
@@ -340,7 +400,8 @@ def open_dataset(spec: str | None, split: str = "train", single_image_length: in
 
     Forms: a path (Fashion-MNIST IDX folder, CIFAR python folder, ImageFolder tree, or one image
     file for single-image training), ``fmnist[:PATH]``, ``cifar:PATH``, ``folder:PATH``,
-    ``photos`` (all shipped photos), ``photo:NAME`` or ``image:PATH`` (single-image crops).
+    ``photos`` (all shipped photos), ``photo-crops[:SIZE]`` (random crops of the shipped colour photos,
+    32 pixels unless SIZE says), ``photo:NAME`` or ``image:PATH`` (single-image crops).
     An ImageFolder with ``train/`` and ``val/`` (or ``test/``) sub-folders serves both splits.
     """
     kind, arg = parse_data_spec(spec)
@@ -362,6 +423,10 @@ def open_dataset(spec: str | None, split: str = "train", single_image_length: in
         return ImageFolder(root)
     if kind == "photos":
         return Photos()
+    if kind == "photo-crops":
+        if split == "test":
+            raise DataError("photo-crops has no held-out split; evaluate on another --data")
+        return PhotoCrops(single_image_length, _crop_size(arg))
     if kind in ("image", "photo"):
         if split == "test":
             raise DataError("single-image data has no held-out split; evaluate on another --data")

@@ -227,3 +227,23 @@ BIGAN = _declare(MethodInfo(
     from a generated image with the code it came from. Fooling it forces the encoder to invert the
     generator, so the encoder's features capture what varies between images; only the encoder is kept.
     """)))
+COLORIZATION = _declare(MethodInfo(
+    "colorization", "Colorization",
+    Paper("Colorful Image Colorization", "Zhang, Isola, Efros", "ECCV 2016", "https://arxiv.org/abs/1603.08511"),
+    _prose("""
+    The network sees only the lightness of a colour photograph and predicts its colours, the two ab
+    channels of the Lab colour space, at a quarter of the input resolution: for every output pixel a
+    distribution over the quantised in-gamut ab colours, trained against soft targets with rare colours
+    weighted up so that it does not settle on greyish browns. Guessing that grass is green and the sky
+    blue needs to recognise grass and sky.
+    """)))
+SPLITBRAIN = _declare(MethodInfo(
+    "splitbrain", "Split-Brain Autoencoders",
+    Paper("Split-Brain Autoencoders: Unsupervised Learning by Cross-Channel Prediction", "Zhang, Isola, Efros",
+          "CVPR 2017", "https://arxiv.org/abs/1611.09842"),
+    _prose("""
+    The network is split into two halves that never exchange information: one sees the lightness (L) of
+    a colour photograph and predicts its colour (ab), the other sees the colour and predicts the
+    lightness, each as a classification over quantised values. The features are the two halves'
+    features side by side, so together they describe the whole image.
+    """)))

@@ -17,10 +17,9 @@ from torch import nn
 
 from zoo.backbones import ARCHITECTURES, build_architecture
 from zoo.errors import UnknownNameError
-from zoo.methods import (BYOL, CPC, DEEPCLUSTER, DEEPERCLUSTER, IIC, JIGSAW, MULTIGRAIN, MULTITASK, NPID, PIRL,
-                          PROXYNCA, ROTNET, S4L, SELA, SIMCLR, MethodInfo, Paper, method_info)
-from zoo.methods import (BIGAN, BYOL, CPC, DEEPCLUSTER, DEEPERCLUSTER, IIC, JIGSAW, MULTIGRAIN, NPID, PIRL,
-                          PROXYNCA, ROTNET, SELA, SIMCLR, MethodInfo, Paper, method_info)
+from zoo.methods import (BIGAN, BYOL, COLORIZATION, CPC, DEEPCLUSTER, DEEPERCLUSTER, IIC, JIGSAW, MULTIGRAIN,
+                          MULTITASK, NPID, PIRL, PROXYNCA, ROTNET, S4L, SELA, SIMCLR, SPLITBRAIN, MethodInfo,
+                          Paper, method_info)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -526,6 +525,30 @@ _ours("exemplar_resnet_small_fmnist", "resnet_small", method_info("exemplar"),
 _ours("bigan_resnet_small_fmnist", "resnet_small", BIGAN,
       "A small 32x32 ResNet trained on Fashion-MNIST as BiGAN's encoder (against a generator and a joint "
       "discriminator) by sslzoo's small recipe.", **_SMALL_RESNET)
+# Colour prediction cannot be learned from grey Fashion-MNIST: these small models train on random
+# 32x32 crops of the colour photographs shipped in installed packages (--data photo-crops) and are
+# evaluated, like the others, on Fashion-MNIST. Colorization's network sees the grey (luma) image;
+# split-brain's sees Lab, scaled by 50 per channel (L to [-1, 1]), so a grey image reaches its ab half
+# as a = b = 0.
+_LAB_32 = InputSpec(size=32, resize=32, colour_space="lab", mean=(50.0, 0.0, 0.0), std=(50.0, 50.0, 50.0))
+_ours("colorization_resnet_small_photos", "resnet_small", COLORIZATION,
+      "A small 32x32 ResNet on grey input trained to predict the colours of crops of the shipped colour "
+      "photographs (Colorization, sslzoo's small recipe).", data="shipped photos (random 32x32 crops)",
+      **_SMALL_RESNET)
+_ours("splitbrain_resnet_small_photos", "splitbrain", SPLITBRAIN,
+      "Two small 32x32 ResNets of half width, L -> ab and ab -> L, trained on crops of the shipped colour "
+      "photographs (Split-brain, sslzoo's small recipe); features concatenated.", input=_LAB_32,
+      data="shipped photos (random 32x32 crops)", half="resnet_small", widths=(8, 16, 32, 64), blocks=(1, 1, 1, 1))
+_ours("colorization_resnet50", "resnet50", COLORIZATION,
+      "ResNet-50 on grey input trained to colourise ImageNet by sslzoo's paper recipe (the authors released "
+      "Caffe VGG/AlexNet models, which are not converted).",
+      input=InputSpec(size=224, resize=256, colour_space="grey", mean=(0.449,), std=(0.226,)),
+      data="ImageNet-1k", recipe="paper", num_classes=None, in_channels=1)
+_ours("splitbrain_resnet50", "splitbrain", SPLITBRAIN,
+      "Two ResNet-50s, L -> ab and ab -> L, trained on ImageNet by sslzoo's split-brain paper recipe (the "
+      "authors released Caffe AlexNets, which are not converted).",
+      input=InputSpec(size=224, resize=256, colour_space="lab", mean=(50.0, 0.0, 0.0), std=(50.0, 50.0, 50.0)),
+      data="ImageNet-1k", recipe="paper", half="resnet50", num_classes=None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -580,4 +603,14 @@ IMAGENET_LINEAR_REFERENCE: dict[str, LinearReference] = {
                                       "its own small networks, no ImageNet linear probe."),
     "bigan": LinearReference(None, "BiGAN's ImageNet probes are of an AlexNet, layer by layer, in the paper's tables, "
                                    "which were not read here; no ResNet-50 number."),
+    # The split-brain paper's table of linear classifiers on each frozen AlexNet conv layer (Zhang protocol),
+    # which lists colorization beside split-brain; transcribed in sslzoo's design notes, best layer taken.
+    "colorization": LinearReference(_in1k(
+        32.6, "AlexNet (the authors' model), linear classifier on frozen conv4 (best of conv1-conv5), as listed in "
+              "the split-brain paper's ImageNet linear-classification table; transcribed, not re-read here",
+        "Split-Brain Autoencoders paper (Zhang et al. 2017)", "https://arxiv.org/abs/1611.09842")),
+    "splitbrain": LinearReference(_in1k(
+        35.4, "AlexNet (the authors' model), linear classifier on frozen conv3 (best of conv1-conv5), the paper's "
+              "ImageNet linear-classification table; transcribed, not re-read here",
+        "Split-Brain Autoencoders paper (Zhang et al. 2017)", "https://arxiv.org/abs/1611.09842")),
 }

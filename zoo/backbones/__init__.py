@@ -9,6 +9,7 @@ from zoo.backbones.base import Backbone, Sobel
 from zoo.backbones.iic import IICNet5g
 from zoo.backbones.nin import NIN
 from zoo.backbones.resnet import GeMResNet, ResNet, SmallResNet
+from zoo.backbones.splitbrain import SplitBrainNet
 from zoo.backbones.vgg import VGG16BN
 from zoo.errors import BadArgumentsError, UnknownNameError, UsageError, ZooError
 
@@ -37,6 +38,7 @@ ARCHITECTURES: dict[str, Callable[..., Backbone]] = {
     "resnet_small": SmallResNet,
     "nin": NIN,
     "iic_net5g": IICNet5g,
+    "splitbrain": SplitBrainNet,
 }
 
 
@@ -56,4 +58,4 @@ def build_architecture(arch: str, **kwargs) -> Backbone:
 
 
 __all__ = ["ARCHITECTURES", "AlexNet", "Backbone", "GeMResNet", "IICNet5g", "NIN", "ResNet",
-           "Sobel", "SmallResNet", "VGG16BN", "build_architecture"]
+           "Sobel", "SmallResNet", "SplitBrainNet", "VGG16BN", "build_architecture"]
