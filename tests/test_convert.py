@@ -740,3 +740,19 @@ def test_a_folder_holding_the_release_file_converts_and_a_folder_without_one_say
     err = capsys.readouterr().err
     assert "is a folder; pass the release file itself (for rotnet: model_net_epoch200, model_net_epoch50)" in err
     assert err.count("\n") == 1 and not (work / "out2").exists()
+
+
+def test_a_full_disk_while_converting_is_one_line_naming_the_output_and_leaves_nothing(work, monkeypatch, capsys):
+    """Issue 19: a full disk during `zoo convert` printed an internal error."""
+    from zoo.cli import main
+
+    _, path = cifar_rotnet_file(work)
+    monkeypatch.setenv("ZOO_TEST_FAULT", "write@model.safetensors:1:enospc")
+    assert main(["convert", "rotnet", str(path), "-o", str(work / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: disk full while writing ") and str(work / "out") in err, err
+    assert err.count("\n") == 1 and "internal error" not in err
+    assert [p.name for p in work.rglob("*") if p.is_file()] == ["model_net_epoch200"]  # nothing half-written
+    monkeypatch.delenv("ZOO_TEST_FAULT")
+    assert main(["convert", "rotnet", str(path), "-o", str(work / "out")]) == 0  # the rerun is not blocked
+    assert zoo.from_pretrained(work / "out").entry.name == "rotnet_nin_cifar10"
