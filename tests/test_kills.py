@@ -5,16 +5,14 @@ Each command runs in a real process killed (SIGKILL, through the ``ZOO_TEST_FAUL
 run starts from what the previous one left, so each point is reached with the leftovers of an
 earlier kill on disk. After each kill what a reader sees is the previous result, whole; after the
 final rerun the files are byte for byte those of a run never interrupted, and nothing the kills
-left remains. Training is killed in tests/test_training.py (every method, at several points) and
+left remains. ``killed`` (conftest.py) forks each killed run from a fork server that imported the
+commands once. Training is killed in tests/test_training.py (every method, at several points) and
 export in tests/test_export_onnx.py.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -22,37 +20,9 @@ from PIL import Image
 
 from zoo.photos import load_photos
 
-# What a killed command imports: a fork server imports it once and forks each killed run from
-# there (a real process, SIGKILLed), instead of starting a new interpreter every time.
-PRELOAD = ["zoo.cli", "export.cli", "export.extract", "export.index", "zoo.hub", "onnxruntime", "faiss"]
-
 
 def _files(folder):
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _child(args, fault):
-    os.environ["ZOO_TEST_FAULT"] = fault
-    from zoo.cli import main
-
-    sys.exit(main(list(args)))
-
-
-@pytest.fixture(scope="module")
-def forkserver():
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
-    return ctx
-
-
-@pytest.fixture
-def killed(forkserver):
-    def run(args, fault):
-        proc = forkserver.Process(target=_child, args=(tuple(args), fault))
-        proc.start()
-        proc.join(timeout=300)
-        assert proc.exitcode == -9, f"{fault}: the point was not reached (exit {proc.exitcode})"
-    return run
 
 
 @pytest.fixture
