@@ -681,8 +681,9 @@ def hostile_pool(tmp_path_factory):
     backbone, weights = load_backbone("random:rotnet_nin_fmnist")
     onnx = export_onnx(*build_embedding_model(backbone, "rotnet_nin_fmnist", weights, layer="block1"),
                        root / "m.onnx")
-    good = Path(pool["img_cr"]).parent
-    extract(OnnxRuntimeEngine(onnx), [good], root / "emb", progress=False, workers=0)
+    (root / "clean").mkdir()
+    shutil.copy(pool["img_cr"], root / "clean" / "a.png")
+    extract(OnnxRuntimeEngine(onnx), [root / "clean"], root / "emb", progress=False, workers=0)
     emb, ids, meta = load_embeddings(root / "emb")
     index, index_meta = build_and_tune(np.asarray(emb), BuildParams(type="flat"))
     save_index(root / "ix", index, ids, {**index_meta, "model": meta["model"], "source": str(onnx)})
