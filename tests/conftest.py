@@ -36,3 +36,41 @@ def isolated_hubs(tmp_path_factory, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", env["HF_HUB_CACHE"])
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return root
+
+
+# Killed runs (issue 19's kill tests): a fork server imports the commands once, with one OpenMP
+# thread, and forks each run from there -- a real process, killed for real by the fault hook --
+# instead of starting a new interpreter for every kill.
+# (Not for training: a run forked after faiss and onnxruntime were imported computes other numbers.)
+KILL_PRELOAD = ["zoo.cli", "export.cli", "export.extract", "export.index", "zoo.hub", "onnxruntime", "faiss"]
+
+
+def _killed_child(args, fault):
+    os.environ["ZOO_TEST_FAULT"] = fault
+    from zoo.cli import main
+
+    sys.exit(main(list(args)))
+
+
+@pytest.fixture(scope="session")
+def killed():
+    """``killed(args, fault)``: ``zoo ARGS`` in a forked process with ``ZOO_TEST_FAULT=fault``;
+    asserts that the fault point was reached (the process died of SIGKILL)."""
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(KILL_PRELOAD)
+    threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # read once, by the server's imports
+    try:
+        forkserver.ensure_running()
+    finally:
+        os.environ.pop("OMP_NUM_THREADS") if threads is None else os.environ.update(OMP_NUM_THREADS=threads)
+
+    def run(args, fault):
+        proc = ctx.Process(target=_killed_child, args=(tuple(args), fault))
+        proc.start()
+        proc.join(timeout=600)
+        assert proc.exitcode == -9, f"{fault}: the point was not reached (exit {proc.exitcode})"
+    return run

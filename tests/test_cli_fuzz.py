@@ -13,8 +13,11 @@ process shows: non-UTF-8 bytes in argv and the console script's output streams.
 from __future__ import annotations
 
 import errno
+import json
 import os
+import pickle
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +25,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ROOT
 
@@ -447,3 +451,272 @@ def test_non_utf8_bytes_in_argv_are_one_line_errors_or_printed_back_as_given(tmp
     res = _zoo(b"card", b"rotnet_nin_fmnist", b"--cards-dir", cards, cwd=tmp_path)
     assert res.returncode == 0 and res.stderr == b"", res.stderr
     assert cards + b"/rotnet_nin_fmnist.md" in res.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# Hostile files and out-of-range values (issue 19), in a real process with bounded memory
+# ------------------------------------------------------------------------------------------------
+# Kept apart from the option fuzz above: its own pool, invocations, driver and test.
+
+HOSTILE_INVOCATIONS = 90
+HOSTILE_ADDRESS_SPACE = 7 << 30  # bytes: the driver's imports take ~4 GB of address space, a bomb more
+HOSTILE_MARKER = "SSLZOO_HOSTILE_CODE_RAN"  # a payload that runs creates this file or prints this line
+OUT_OF_RANGE = {  # option -> values each refused where it is parsed
+    "--threads": ["100000", "640966", "0"], "--hnsw-m": ["-5", "0"], "--opset": ["1", "999"],
+    "--temperature": ["0", "-1"], "--whiten": ["0"], "-k": ["0"], "--batch-size": ["0"]}
+
+
+class _Payload:
+    """Pickles as a call that creates the marker file: it exists only if a loader ran the pickle."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+class _Call:
+    def __init__(self, func, args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def _hostile_pool(root: Path) -> dict:
+    """Every hostile file once: releases for convert, checkpoint folders for the model commands,
+    images for extract and search; name -> path (a str, undecodable names included)."""
+    import io
+    import tarfile
+    import zipfile
+
+    import numpy as np
+    import torch
+    from hubtools import random_model, rewrite_weights
+    from PIL import Image
+    from test_safe_load import _torchscript
+
+    marker = root / HOSTILE_MARKER
+    rel, ckpt, img = root / "releases", root / "checkpoints", root / "images"
+    for d in (rel, ckpt, img):
+        d.mkdir(parents=True)
+    pool = {"marker": marker}
+    with open(_torchscript(rel / "padded_torchscript"), "ab") as f:  # __setstate__ prints a marker
+        f.write(b"PK\x05\x06")
+    pool["padded_torchscript"] = rel / "padded_torchscript"
+    for name, legacy in (("reduce_legacy.pth", True), ("reduce_zip.pth", False)):
+        torch.save({"state_dict": {"w": torch.zeros(2)}, "x": _Payload(marker)}, rel / name,
+                   _use_new_zipfile_serialization=not legacy)
+        pool[name] = rel / name
+    (rel / "reduce_raw.pkl").write_bytes(pickle.dumps({"state_dict": _Payload(marker)}))
+    pickle.loads((rel / "reduce_raw.pkl").read_bytes())  # the control: a plain unpickler runs the payload
+    assert marker.exists()
+    marker.unlink()
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "x": _Call(bytearray, (3 << 30,))}, rel / "alloc_bomb.pth",
+               _use_new_zipfile_serialization=False)  # a few KB claiming 3 GB
+    buffer = io.BytesIO()  # 1.5 MB of zeros per record, deflated to a few KB
+    torch.save({"state_dict": {f"w{i}": torch.zeros(375_000) for i in range(8)}}, buffer)
+    with zipfile.ZipFile(buffer) as src, zipfile.ZipFile(rel / "zip_bomb.pth", "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    with tarfile.open(rel / "fifo_tar.pth", "w", format=tarfile.PAX_FORMAT) as tar:
+        fifo = tarfile.TarInfo("storages")
+        fifo.type = tarfile.FIFOTYPE
+        tar.addfile(fifo)
+    os.mkfifo(rel / "fifo.pth")
+    pool.update({n: rel / n for n in ("reduce_raw.pkl", "alloc_bomb.pth", "zip_bomb.pth", "fifo_tar.pth", "fifo.pth")})
+
+    good = ckpt / "good"
+    random_model("rotnet_nin_fmnist").save_pretrained(good)
+    for name in ("truncated", "nan_weights", "pickled_weights"):
+        shutil.copytree(good, ckpt / name)
+    data = (good / "model.safetensors").read_bytes()
+    rewrite_weights(ckpt / "truncated", raw=data[: len(data) // 2])
+    state = random_model("rotnet_nin_fmnist").state_dict()
+    state["block1.0.0.weight"].view(-1)[0] = float("nan")
+    rewrite_weights(ckpt / "nan_weights", state)
+    rewrite_weights(ckpt / "pickled_weights", raw=pickle.dumps({"state_dict": _Payload(marker)}))
+    (rel / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    pool.update({"truncated.safetensors": rel / "truncated.safetensors", "ckpt_truncated": ckpt / "truncated",
+                 "ckpt_nan": ckpt / "nan_weights", "ckpt_pickled": ckpt / "pickled_weights"})
+
+    rgb = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(np.zeros((1, 8000, 3), np.uint8)).save(img / "long_1x8000.png")
+    for key, raw in (("undecodable", b"caf\xe9.png"), ("cr", b"a\rb.png"), ("u2028", "x\u2028y.png".encode())):
+        Image.fromarray(rgb).save(os.path.join(os.fsencode(img), raw), format="PNG")
+        pool[f"img_{key}"] = Path(os.fsdecode(os.path.join(os.fsencode(img), raw)))
+    pool["img_long"] = img / "long_1x8000.png"
+    pool["img_fifo"] = rel / "fifo.pth"
+    return {k: str(v) for k, v in pool.items()}
+
+
+CONVERT_HOSTILE = ["padded_torchscript", "reduce_legacy.pth", "reduce_zip.pth", "reduce_raw.pkl", "alloc_bomb.pth",
+                   "zip_bomb.pth", "fifo_tar.pth", "fifo.pth", "truncated.safetensors"]
+MODEL_HOSTILE = ["ckpt_truncated", "ckpt_nan", "ckpt_pickled", "padded_torchscript", "reduce_zip.pth", "fifo.pth"]
+IMAGE_HOSTILE = ["img_long", "img_undecodable", "img_cr", "img_u2028", "img_fifo"]
+
+
+def _hostile_invocations(pool: dict, out: Path, rng: random.Random, count: int):
+    """(argv, must_fail) pairs: a hostile file where the command reads one, or an out-of-range
+    value, or both; each must fail in one line. Every 5th extraction is valid apart from its
+    hostile images (they are rows of failed.tsv or escaped ids) and must succeed. Files are drawn
+    from shuffled cycles, so that every one is drawn."""
+    import itertools
+
+    cycles = {id(kind): itertools.cycle(rng.sample(kind, len(kind))) for kind in (CONVERT_HOSTILE, MODEL_HOSTILE,
+                                                                                IMAGE_HOSTILE)}
+
+    def draw(kind):
+        return pool[next(cycles[id(kind)])]
+
+    def bad(option):
+        return [option, rng.choice(OUT_OF_RANGE[option])]
+
+    def images(k=2):
+        return list(dict.fromkeys(draw(IMAGE_HOSTILE) for _ in range(k)))
+
+    def model():
+        return draw(MODEL_HOSTILE)
+
+    o = str(out / "o")
+    makers = {
+        "convert": lambda: ["convert", rng.choice(["rotnet", "deepcluster", "npid", "vissl", "sela"]),
+                            draw(CONVERT_HOSTILE), "-o", rng.choice([o, ""])],
+        "extract": lambda: ["extract", model(), *images(), "-o", o] if rng.random() < 0.6 else
+                           ["extract", "random:rotnet_nin_fmnist", *images(), "-o", rng.choice([o, ""]),
+                            *bad(rng.choice(["--threads", "--batch-size"]))],
+        "index": lambda: ["index", "build", pool["emb"], "-o", rng.choice([o, "", "//"]),
+                          *bad(rng.choice(["--threads", "--hnsw-m", "--whiten", "-k"]))]
+                         + (["--type", "hnsw"] if rng.random() < 0.5 else []),
+        "search": lambda: ["search", pool["ix"], *images(1), *bad(rng.choice(["-k", "--threads"]))],
+        "export": lambda: ["export", model(), "--onnx", "-o", o + ".onnx"] if rng.random() < 0.5 else
+                          ["export", "random:rotnet_nin_fmnist", "--onnx", "-o", rng.choice([o + ".onnx", ""]),
+                           *bad("--opset")],
+        "eval": lambda: ["eval", model(), "--protocol", "knn"] if rng.random() < 0.5 else
+                        ["eval", "random:rotnet_nin_fmnist", *bad("--temperature")],
+    }
+    found, extracts = [], 0
+    while len(found) < count:
+        command = rng.choice(sorted(makers))
+        if command == "extract":
+            extracts += 1
+            if extracts % 5 == 1:  # valid: random weights, hostile images only
+                found.append((["extract", "random:rotnet_nin_fmnist", *images(3), "-o", o, "--layer", "block1",
+                               "--threads", "1", "--workers", "0"], False))
+                continue
+        found.append((makers[command](), True))
+    return found
+
+
+def _valid_extraction_problem(argv, code, err) -> str:
+    """A valid extraction of hostile images: exit 0, and every image is an id or a failed.tsv row."""
+    if code != 0 or "Traceback" in err:
+        return f"a valid extraction failed ({code!r}): {err[-300:]!r}"
+    out = Path(argv[argv.index("-o") + 1])
+    rows = [len((out / n).read_bytes().splitlines()) for n in ("ids.txt", "failed.tsv")]
+    images = argv[2:argv.index("-o")]
+    unreadable = sum(a.endswith(("long_1x8000.png", "fifo.pth")) for a in images)  # too long; not an image
+    return "" if rows == [len(images) - unreadable, unreadable] else f"ids/failed rows {rows} for {images}"
+
+
+def _hostile_one(argv, must_fail, watched, marker) -> str:
+    """Run one invocation in this (the driver's) process; what went wrong, or ''."""
+    import contextlib
+    import io
+
+    before = set().union(*map(_listing, watched))
+    out, err = io.StringIO(), io.StringIO()
+    signal.alarm(SECONDS_PER_INVOCATION)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(argv))
+    except InvocationTimedOut:
+        code = f"still running after {SECONDS_PER_INVOCATION} s"
+    finally:
+        signal.alarm(0)
+    out, err = out.getvalue(), err.getvalue()
+    problem = _judge(argv, code, out, err, True, False) if must_fail else _valid_extraction_problem(argv, code, err)
+    if Path(marker).exists():
+        problem += "; a pickled payload ran (the marker file exists)"
+    written = set().union(*map(_listing, watched)) - before
+    allowed = "" if must_fail else argv[argv.index("-o") + 1]
+    if any(not (allowed and (entry.startswith(allowed + "/") or entry.startswith(allowed + ":"))) for entry in written):
+        problem += f"; wrote {sorted(written)[:3]}"
+    for root in watched:  # back as it was: one bug is reported once
+        for entry in sorted(set(_listing(root)) - before, reverse=True):
+            path = entry.rsplit(":", 2)[0]
+            if not os.path.lexists(path):
+                continue  # inside a folder removed before it
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+    if allowed:
+        shutil.rmtree(allowed, ignore_errors=True)
+    return problem
+
+
+def _hostile_driver(spec_file: str) -> None:
+    """The driver process: each invocation in turn, one JSON result line each (flushed, so a
+    crash under the memory limit still says which invocation it was)."""
+    spec = json.loads(Path(spec_file).read_text())
+    signal.signal(signal.SIGALRM, _on_alarm)
+    with open(spec["results"], "w") as results, _FifoFeeder(Path(spec["fifo"])):
+        for argv, must_fail in spec["invocations"]:
+            t0 = time.monotonic()
+            problem = _hostile_one(argv, must_fail, spec["watched"], spec["marker"])
+            results.write(json.dumps({"problem": problem, "seconds": time.monotonic() - t0}) + "\n")
+            results.flush()
+
+
+@pytest.fixture(scope="session")
+def hostile_pool(tmp_path_factory):
+    """The hostile files, plus a valid extraction and index to hand to index build and search."""
+    from export.embedding import build_embedding_model, load_backbone
+    from export.engines import OnnxRuntimeEngine
+    from export.extract import extract, load_embeddings
+    from export.index import BuildParams, build_and_tune, save_index
+    from export.onnx_export import export_onnx
+
+    root = tmp_path_factory.mktemp("hostile")
+    pool = _hostile_pool(root)
+    backbone, weights = load_backbone("random:rotnet_nin_fmnist")
+    onnx = export_onnx(*build_embedding_model(backbone, "rotnet_nin_fmnist", weights, layer="block1"),
+                       root / "m.onnx")
+    (root / "clean").mkdir()
+    shutil.copy(pool["img_cr"], root / "clean" / "a.png")
+    extract(OnnxRuntimeEngine(onnx), [root / "clean"], root / "emb", progress=False, workers=0)
+    emb, ids, meta = load_embeddings(root / "emb")
+    index, index_meta = build_and_tune(np.asarray(emb), BuildParams(type="flat"))
+    save_index(root / "ix", index, ids, {**index_meta, "model": meta["model"], "source": str(onnx)})
+    return {**pool, "emb": str(root / "emb"), "ix": str(root / "ix"), "root": str(root)}
+
+
+def _bounded_memory():
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (HOSTILE_ADDRESS_SPACE, HOSTILE_ADDRESS_SPACE))
+
+
+@pytest.mark.timeout(300)
+def test_hostile_files_and_out_of_range_values_fail_in_one_line_in_bounded_memory(hostile_pool, tmp_path):
+    from test_safe_load import MARKER as TORCHSCRIPT_MARKER
+
+    work, cwd = tmp_path / "work", tmp_path / "cwd"
+    work.mkdir(), cwd.mkdir()
+    invocations = _hostile_invocations(hostile_pool, work, random.Random(SEED), HOSTILE_INVOCATIONS)
+    spec = {"invocations": invocations, "watched": [str(work), str(cwd), hostile_pool["root"]],
+            "marker": hostile_pool["marker"], "fifo": hostile_pool["fifo.pth"], "results": str(tmp_path / "r.jsonl")}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), "OMP_NUM_THREADS": "1",
+           "MALLOC_ARENA_MAX": "2", "ZOO_OFFLINE": "1", "HOME": str(tmp_path), "TMPDIR": str(tmp_path)}  # torch leaves files there
+    code = "import sys, test_cli_fuzz; test_cli_fuzz._hostile_driver(sys.argv[1])"
+    driver = subprocess.run([sys.executable, "-c", code, str(tmp_path / "spec.json")], cwd=cwd, env=env,
+                            capture_output=True, timeout=280, preexec_fn=_bounded_memory)
+    results = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert len(results) == len(invocations), \
+        f"the driver died (exit {driver.returncode}) at {invocations[len(results)][0]!r}: {driver.stderr[-800:]!r}"
+    assert driver.returncode == 0, driver.stderr[-800:]
+    output = driver.stdout + driver.stderr
+    assert TORCHSCRIPT_MARKER.encode() not in output and not Path(hostile_pool["marker"]).exists()
+    problems = [f"{argv!r}: {r['problem']}" for (argv, _), r in zip(invocations, results) if r["problem"]]
+    assert not problems, f"{len(problems)} of {len(invocations)} misbehaved:\n" + "\n".join(problems[:30])
+    assert os.listdir(cwd) == []

@@ -28,6 +28,7 @@ from zoo.convert.releases import RELEASES, LayoutMismatch
 from zoo.convert.safe_load import load_original
 
 from conftest import run_zoo
+from test_fileset import tiny_disk  # noqa: F401 (a fixture: a 512 KiB tmpfs)
 
 TOL = 1e-5
 
@@ -740,3 +741,26 @@ def test_a_folder_holding_the_release_file_converts_and_a_folder_without_one_say
     err = capsys.readouterr().err
     assert "is a folder; pass the release file itself (for rotnet: model_net_epoch200, model_net_epoch50)" in err
     assert err.count("\n") == 1 and not (work / "out2").exists()
+
+
+@pytest.mark.parametrize("disk", ["fault hook", "512 KiB tmpfs"])
+def test_a_full_disk_while_converting_is_one_line_naming_the_output_and_leaves_nothing(work, monkeypatch, capsys,
+                                                                                     request, disk):
+    """Issue 19: a full disk during `zoo convert` printed an internal error (safetensors' own message)."""
+    from zoo.cli import main
+
+    _, path = cifar_rotnet_file(work)
+    if disk == "fault hook":
+        out = work / "out"
+        monkeypatch.setenv("ZOO_TEST_FAULT", "write@model.safetensors:1:enospc")
+    else:  # a real one: the weights (MBs) do not fit
+        out = request.getfixturevalue("tiny_disk") / "out"
+    assert main(["convert", "rotnet", str(path), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: disk full while writing ") and str(out) in err, err
+    assert err.count("\n") == 1 and "internal error" not in err
+    assert [p for p in out.parent.rglob("*") if p.is_file() and p != path] == []  # nothing half-written
+    if disk == "fault hook":
+        monkeypatch.delenv("ZOO_TEST_FAULT")
+        assert main(["convert", "rotnet", str(path), "-o", str(out)]) == 0  # the rerun is not blocked
+        assert zoo.from_pretrained(out).entry.name == "rotnet_nin_cifar10"

@@ -36,7 +36,7 @@ from zoo.checkpoint import (
     CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, atomic_write_text, load_checkpoint_folder, read_config, sha256_file,
 )
 from zoo.errors import UsageError, WeightsError, WeightsNotAvailableError, ZooError
-from zoo.fileset import copy_synced, fsync_dir, owned_name, remove_abandoned
+from zoo.fileset import copy_synced, fsync_dir, is_temporary, owned_name, remove_abandoned
 
 # The files a published checkpoint consists of; nothing else is uploaded or copied.
 CHECKPOINT_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
@@ -129,7 +129,9 @@ class LocalHub:
 
     def revisions(self, repo: str) -> dict[str, str]:
         refs = self.repo_dir(repo) / "refs"
-        return {p.name: p.read_text(encoding="utf-8").strip() for p in sorted(refs.glob("*")) if p.is_file()}
+        # a killed publish's temporary ref (.main.<owner>.tmp) is no revision; the next publish removes it
+        return {p.name: p.read_text(encoding="utf-8").strip() for p in sorted(refs.glob("*"))
+                if p.is_file() and not is_temporary(p.name)}
 
     def publish(self, directory: Path, repo: str, revision: str = DEFAULT_REVISION) -> tuple[Path, str]:
         """Copy the checkpoint files of ``directory`` in as a snapshot and point ``revision`` at it."""
