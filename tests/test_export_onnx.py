@@ -111,9 +111,18 @@ def test_int8_is_quantised_close_and_keeps_copy_detection_map(nin_fp32, tmp_path
     assert verify_onnx(model, read_metadata(int8), int8) <= 0.1
     cds = copy_detection_set(copies=3)
     batch = np.stack([prepare_image(im, spec.input, spec.input_kind) for im in cds.images])
-    m32 = retrieval_metrics(OnnxRuntimeEngine(fp32).embed(batch), cds.groups)["mAP"]
-    m8 = retrieval_metrics(OnnxRuntimeEngine(int8).embed(batch), cds.groups)["mAP"]
-    assert abs(m32 - m8) <= 0.01, (m32, m8)
+    # One thread: the same sums in the same order whatever else the machine runs (calibration is
+    # min/max, exact in any order), so the int8 file and its embeddings are the same run after run.
+    e8 = OnnxRuntimeEngine(int8, threads=1).embed(batch)
+    assert np.array_equal(e8, OnnxRuntimeEngine(int8, threads=1).embed(batch))
+    m32 = retrieval_metrics(OnnxRuntimeEngine(fp32, threads=1).embed(batch), cds.groups)["mAP"]
+    m8 = retrieval_metrics(e8, cds.groups)["mAP"]
+    # Sized to the sample: mAP is the mean AP of Q queries (48 here), so int8 may cost at most what
+    # two queries' whole AP would (2/Q), a few swapped neighbours. Integer kernels differ between
+    # CPUs (VNNI/AMX or AVX2), hence not one fixed number. A broken quantisation costs tens of
+    # queries: a random order scores about 3/47 = 0.06 against fp32's 0.45.
+    queries = len(cds.groups)
+    assert abs(m32 - m8) <= 2 / queries, (m32, m8, queries)
 
 
 def test_fp16_export_has_half_weights_and_float32_output(tmp_path):
