@@ -28,7 +28,7 @@ from torch import nn
 from zoo.checkpoint import state_dict_sha256  # noqa: F401  (re-exported)
 from zoo.errors import UsageError
 from zoo.pooling import gem
-from zoo.preprocess import centre_crop, convert_and_normalise, hwc_uint8_to_float_chw, resize_and_crop, resized_size
+from zoo.preprocess import centre_crop, convert_and_normalise, image_to_float_chw, resize_and_crop, resized_size
 from zoo.registry import InputSpec
 
 from export.options import INPUT_KINDS, POOLINGS
@@ -206,16 +206,18 @@ def prepare_image(image: np.ndarray, spec: InputSpec, input_kind: str) -> np.nda
     float reference by at most one grey level (a test checks this on the shipped photos).
     """
     if input_kind == "float":
-        return resize_and_crop(hwc_uint8_to_float_chw(image), spec).numpy()
+        return resize_and_crop(image_to_float_chw(image), spec).numpy()
     arr = np.asarray(image)
     if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or spec.interpolation != "bilinear":
         # the reference path: its one-line errors for bad inputs, and other filters than bilinear
-        crop = resize_and_crop(hwc_uint8_to_float_chw(arr), spec)
+        crop = resize_and_crop(image_to_float_chw(arr), spec)
         return (crop.permute(1, 2, 0) * 255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
     if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
+        arr = arr[..., None]
+    if arr.shape[-1] == 1:  # grey, as the reference repeats it
+        arr = np.repeat(arr, 3, axis=2)
     if arr.shape[-1] not in (3, 4):
-        hwc_uint8_to_float_chw(arr)  # raises the reference's one-line error
+        image_to_float_chw(arr)  # raises the reference's one-line error
     x = torch.from_numpy(np.require(arr[..., :3], requirements=["C", "W"])).permute(2, 0, 1)[None]
     h, w = arr.shape[:2]
     nh, nw = resized_size(h, w, spec)

@@ -83,11 +83,11 @@ def test_graph_embeds_the_reference_preprocessing():
 
 
 def test_uint8_decoding_is_within_one_grey_level_of_the_reference():
-    from zoo.preprocess import resize_and_crop, hwc_uint8_to_float_chw
+    from zoo.preprocess import image_to_float_chw, resize_and_crop
 
     spec = zoo.get_model_entry("sela_resnet50").input
     for photo in load_photos().values():
-        ref = (resize_and_crop(hwc_uint8_to_float_chw(photo), spec).permute(1, 2, 0) * 255).round().numpy()
+        ref = (resize_and_crop(image_to_float_chw(photo), spec).permute(1, 2, 0) * 255).round().numpy()
         fast = prepare_image(photo, spec, "uint8")
         assert fast.shape == (224, 224, 3) and fast.dtype == np.uint8
         assert np.abs(fast.astype(float) - ref).max() <= 1
