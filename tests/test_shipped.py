@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import ROOT, run_zoo
 from hubtools import assert_same_features, assert_same_weights, features, random_model
 

@@ -13,7 +13,7 @@ pipelines the original authors evaluated with, so features match theirs on any a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
