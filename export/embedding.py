@@ -49,6 +49,18 @@ def pool_features(x: torch.Tensor, pool: str) -> torch.Tensor:
     raise UsageError(f"unknown pooling {pool!r}; choose one of {', '.join(POOLINGS)}")
 
 
+def first_non_finite_row(x: np.ndarray, chunk: int = 1 << 16) -> int | None:
+    """Index of the first row of ``x`` holding a NaN or an infinity, or None. Read in chunks, so a
+    memory-mapped matrix is not loaded whole. A NaN embedding would be indexed and then returned as
+    a neighbour (FAISS ranks it anyway), so every producer and reader of embeddings checks."""
+    for start in range(0, len(x), chunk):
+        block = np.asarray(x[start:start + chunk])
+        bad = ~np.isfinite(block).reshape(len(block), -1).all(axis=1)
+        if bad.any():
+            return start + int(np.argmax(bad))
+    return None
+
+
 def l2_normalise(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Rows to unit length. Written out rather than ``F.normalize``, which exports with an extra
     Expand of a dynamic shape; this exports as ReduceL2, Clip and Div."""
