@@ -199,3 +199,16 @@ def test_a_killed_export_keeps_the_previous_file_and_the_next_one_cleans_up(tmp_
     assert run_zoo("export", "random:rotnet_nin_fmnist", "--onnx", "-o", str(out)).returncode == 0
     assert out.read_bytes() == ref.read_bytes()  # as if never interrupted
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx", "ref.onnx"]  # nothing the kills left
+
+
+def test_an_opset_in_range_is_the_opset_written(tmp_path):
+    """--opset is honoured (the exporter builds 18 and converts upwards), not only accepted; one
+    outside the range is a one-line error before anything is written (test_cli)."""
+    backbone, weights = load_backbone("random:rotnet_nin_fmnist")
+    model, spec = build_embedding_model(backbone, "rotnet_nin_fmnist", weights)
+    path = export_onnx(model, spec, tmp_path / "nin20.onnx", opset=20)
+    assert [o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx")] == [20]
+    assert verify_onnx(model, spec, path) <= 1e-4
+    with pytest.raises(UsageError, match="--opset 17: the exporter writes opsets 18 to 23"):
+        export_onnx(model, spec, tmp_path / "nin17.onnx", opset=17)
+    assert not (tmp_path / "nin17.onnx").exists()
