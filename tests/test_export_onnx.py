@@ -178,7 +178,7 @@ def test_cli_export_from_a_checkpoint_folder(tmp_path):
     (("rotnet_nin_fmnist", "--onnx", "--fp16", "--int8"), 2, "pick one"),
     (("rotnet_nin_fmnst", "--onnx"), 2, "did you mean 'rotnet_nin_fmnist'"),
     (("random:rotnet_nin_fmnist", "--onnx", "--layer", "conv9"), 2, "unknown layer 'conv9'"),
-    (("rotnet_nin_fmnist", "--onnx", "--tensorrt"), 3, "use --engine onnx"),
+    (("rotnet_nin_fmnist", "--onnx", "--tensorrt"), 3, "export without --tensorrt (zoo export)"),
 ])
 def test_cli_export_errors_are_one_line(args, code, needle, tmp_path):
     res = run_zoo("export", *args, "-o", str(tmp_path / "x.onnx"))
