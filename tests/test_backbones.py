@@ -165,3 +165,17 @@ def test_bad_layer_and_bad_input_are_one_line_errors():
         model(torch.zeros(1, 1, 32, 32))
     with pytest.raises(UsageError, match=r"\(N, C, H, W\)"):
         model(torch.zeros(3, 32, 32))
+
+
+def test_first_differing_layer_allows_summation_order_and_nothing_more():
+    from zoo.inspect import FEATURE_RTOL, first_differing_layer
+
+    a = {"conv1": torch.tensor([4.0, -2.0, 0.5]), "fc6": torch.zeros(2)}
+    within = {"conv1": a["conv1"] + 4.0 * FEATURE_RTOL * 0.9, "fc6": torch.zeros(2)}
+    beyond = {"conv1": a["conv1"] + torch.tensor([0.0, 0.0, 4.0 * FEATURE_RTOL * 1.1]), "fc6": torch.zeros(2)}
+    assert first_differing_layer(a, within) is None  # relative to the layer's largest |value|, 4.0
+    assert first_differing_layer(a, beyond) == "conv1"
+    assert first_differing_layer(a, {**a, "fc6": torch.full((2,), 1e-9)}) is None  # an all-zero layer: absolute
+    assert first_differing_layer(a, {**a, "fc6": torch.zeros(3)}) == "fc6"
+    assert first_differing_layer(a, {"conv1": a["conv1"]}) == "fc6"
+    assert first_differing_layer(a, {**a, "conv1": torch.tensor([float("nan"), -2.0, 0.5])}) == "conv1"
