@@ -28,7 +28,7 @@ from torch import nn
 from zoo.checkpoint import state_dict_sha256  # noqa: F401  (re-exported)
 from zoo.errors import UsageError
 from zoo.pooling import gem
-from zoo.preprocess import centre_crop, convert_and_normalise, hwc_uint8_to_float_chw, resize_and_crop, resized_size
+from zoo.preprocess import centre_crop, convert_and_normalise, image_to_float_chw, resize_and_crop, resized_size
 from zoo.registry import InputSpec
 
 from export.options import INPUT_KINDS, POOLINGS
@@ -47,6 +47,18 @@ def pool_features(x: torch.Tensor, pool: str) -> torch.Tensor:
     if pool == "gem":
         return gem(x, GEM_P)
     raise UsageError(f"unknown pooling {pool!r}; choose one of {', '.join(POOLINGS)}")
+
+
+def first_non_finite_row(x: np.ndarray, chunk: int = 1 << 16) -> int | None:
+    """Index of the first row of ``x`` holding a NaN or an infinity, or None. Read in chunks, so a
+    memory-mapped matrix is not loaded whole. A NaN embedding would be indexed and then returned as
+    a neighbour (FAISS ranks it anyway), so every producer and reader of embeddings checks."""
+    for start in range(0, len(x), chunk):
+        block = np.asarray(x[start:start + chunk])
+        bad = ~np.isfinite(block).reshape(len(block), -1).all(axis=1)
+        if bad.any():
+            return start + int(np.argmax(bad))
+    return None
 
 
 def l2_normalise(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -206,16 +218,18 @@ def prepare_image(image: np.ndarray, spec: InputSpec, input_kind: str) -> np.nda
     float reference by at most one grey level (a test checks this on the shipped photos).
     """
     if input_kind == "float":
-        return resize_and_crop(hwc_uint8_to_float_chw(image), spec).numpy()
+        return resize_and_crop(image_to_float_chw(image), spec).numpy()
     arr = np.asarray(image)
     if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or spec.interpolation != "bilinear":
         # the reference path: its one-line errors for bad inputs, and other filters than bilinear
-        crop = resize_and_crop(hwc_uint8_to_float_chw(arr), spec)
+        crop = resize_and_crop(image_to_float_chw(arr), spec)
         return (crop.permute(1, 2, 0) * 255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
     if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
+        arr = arr[..., None]
+    if arr.shape[-1] == 1:  # grey, as the reference repeats it
+        arr = np.repeat(arr, 3, axis=2)
     if arr.shape[-1] not in (3, 4):
-        hwc_uint8_to_float_chw(arr)  # raises the reference's one-line error
+        image_to_float_chw(arr)  # raises the reference's one-line error
     x = torch.from_numpy(np.require(arr[..., :3], requirements=["C", "W"])).permute(2, 0, 1)[None]
     h, w = arr.shape[:2]
     nh, nw = resized_size(h, w, spec)

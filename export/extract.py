@@ -43,14 +43,14 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from zoo.checkpoint import atomic_write, atomic_write_text
-from zoo.errors import UsageError, ZooError
+from zoo.errors import UsageError, WeightsError, ZooError
 from zoo.fileset import (
     MANIFEST, check_output_folder, commit_folder, describe_owner, is_temporary, new_staging, release_lock, try_lock,
     verify_manifest,
 )
 from zoo.photos import IMAGE_SUFFIXES
 
-from export.embedding import prepare_image, spec_to_metadata
+from export.embedding import first_non_finite_row, prepare_image, spec_to_metadata
 
 EMBEDDINGS, IDS, FAILED, META, SHARDS = "embeddings.npy", "ids.txt", "failed.tsv", "meta.json", "shards"
 RESULT_FILES = (EMBEDDINGS, IDS, FAILED, META)
@@ -267,7 +267,7 @@ def _embed_shard(engine, shard_ids: Sequence[str], decoded: Iterator, batch_size
         nonlocal engine_seconds
         if batch:
             t = time.perf_counter()
-            rows.append(engine.embed(np.stack(batch)))
+            rows.append(_finite(engine.embed(np.stack(batch)), batch_ids, engine))
             engine_seconds += time.perf_counter() - t
             kept.extend(batch_ids)
             bar.update(len(batch))
@@ -287,6 +287,17 @@ def _embed_shard(engine, shard_ids: Sequence[str], decoded: Iterator, batch_size
     flush()
     emb = np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, engine.spec.dim), np.float32)
     return emb, kept, failed, engine_seconds
+
+
+def _finite(emb: np.ndarray, batch_ids: Sequence[str], engine) -> np.ndarray:
+    """``emb``, unless a row is NaN or infinite: then a one-line error naming its image, before the
+    shard is written (the extraction stays unfinished, and readable nowhere)."""
+    bad = first_non_finite_row(emb)
+    if bad is not None:
+        raise WeightsError(f"{engine.spec.model} ({engine.name}) gives a NaN or infinite embedding for "
+                           f"{batch_ids[bad]}: its weights or ONNX file produce non-finite numbers (an fp16 "
+                           "overflow?); nothing was written, fix or re-export the model")
+    return emb
 
 
 def _shard_ids(ids: Sequence[str], index: int, shard_size: int) -> list[str]:
@@ -398,4 +409,8 @@ def load_embeddings(path: str | Path) -> tuple[np.ndarray, list[str], dict]:
     ids = parse_ids((path / IDS).read_text(encoding="utf-8"))
     if emb.ndim != 2 or len(ids) != emb.shape[0]:
         raise UsageError(f"{path}: {EMBEDDINGS} has {emb.shape[0]} rows but {IDS} {len(ids)} ids; re-extract")
+    bad = first_non_finite_row(emb)
+    if bad is not None:
+        raise UsageError(f"{path / EMBEDDINGS}: row {bad} ({ids[bad]}) is NaN or infinite; re-extract with a model "
+                         "that gives finite embeddings")
     return emb, ids, meta

@@ -45,7 +45,7 @@ from zoo.fileset import (
     MANIFEST, check_output_folder, commit_folder, is_temporary, new_staging, verify_manifest,
 )
 
-from export.embedding import model_state_dict_sha256
+from export.embedding import first_non_finite_row, model_state_dict_sha256
 
 INDEX_TYPES = ("flat", "ivfpq", "hnsw")
 INDEX_FILE, IDS, META = "index.faiss", "ids.txt", "meta.json"
@@ -99,6 +99,9 @@ def build_index(vectors: np.ndarray, params: BuildParams):
     n, d = x.shape
     if n == 0:
         raise UsageError("no embeddings to index (every image was unreadable? see the extraction's failed.tsv)")
+    if (bad := first_non_finite_row(x)) is not None:
+        raise UsageError(f"embedding row {bad} is NaN or infinite: nothing to index it by; re-extract with a model "
+                         "that gives finite embeddings")
     if params.type not in INDEX_TYPES:
         raise UsageError(f"unknown index type {params.type!r}; choose one of {', '.join(INDEX_TYPES)} or auto")
     rng = np.random.default_rng(params.seed)
@@ -179,7 +182,11 @@ def search(index, queries: np.ndarray, k: int, params: SearchParams | None = Non
     if params is not None:
         set_search_params(index, params)
     k = min(k, index.ntotal)
-    return index.search(_as_float32(queries), k)
+    queries = _as_float32(queries)
+    if (bad := first_non_finite_row(queries)) is not None:  # FAISS would still return "neighbours"
+        raise UsageError(f"query row {bad} is NaN or infinite: the model gives non-finite embeddings; fix or "
+                         "re-export it")
+    return index.search(queries, k)
 
 
 def leave_one_out_topk(result_ids: np.ndarray, query_rows: np.ndarray, k: int) -> np.ndarray:

@@ -47,6 +47,9 @@ class Profile:
     max: tuple[int, ...]
 
 
+# What to do instead, for both commands that reach TensorRT (`zoo export` has no --engine option).
+NO_GPU_HINT = "on this machine export without --tensorrt (zoo export) or extract with --engine onnx (zoo extract)"
+
 def profile_shapes(spec: EmbeddingSpec, batches: tuple[int, int, int] = DEFAULT_PROFILE) -> Profile:
     """The optimisation profile of the input tensor for a (min, opt, max) batch range."""
     lo, opt, hi = (int(b) for b in batches)
@@ -98,7 +101,7 @@ def require_tensorrt():
     except ImportError:
         raise GpuUnavailableError(
             "TensorRT is not installed: it needs an NVIDIA GPU (pip install 'sslzoo[gpu]' there); "
-            "on this machine use --engine onnx") from None
+            f"{NO_GPU_HINT}") from None
     try:
         import torch
 
@@ -106,7 +109,7 @@ def require_tensorrt():
     except Exception:  # a broken CUDA install reads as no GPU
         has_gpu = False
     if not has_gpu:
-        raise GpuUnavailableError("no NVIDIA GPU found: TensorRT engines need one; on this machine use --engine onnx")
+        raise GpuUnavailableError(f"no NVIDIA GPU found: TensorRT engines need one; {NO_GPU_HINT}")
     return trt, torch.cuda.get_device_capability()
 
 
@@ -138,7 +141,7 @@ def build_engine(onnx_path: str | Path, spec: EmbeddingSpec, batches: tuple[int,
         logger = _make_logger(trt)
         builder = trt.Builder(logger)
         if builder is None:
-            raise GpuUnavailableError("TensorRT could not create a builder (no usable GPU); use --engine onnx")
+            raise GpuUnavailableError(f"TensorRT could not create a builder (no usable GPU); {NO_GPU_HINT}")
         # TensorRT 10 needs the STRONGLY_TYPED flag; in 11 strong typing is the only mode.
         strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
         network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))

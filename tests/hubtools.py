@@ -12,7 +12,7 @@ import torch
 import zoo
 from zoo.cards import write_checkpoint_card
 from zoo.checkpoint import CONFIG_NAME, WEIGHTS_NAME
-from zoo.inspect import nominal_input
+from zoo.inspect import FEATURE_RTOL, nominal_input
 
 FIXTURE_VALUE = 12.5  # a made-up number for test cards; never written to the repository's MODEL_CARDS
 
@@ -65,16 +65,12 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 
 def assert_same_features(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    """Features of identical weights on identical inputs, computed in two separate forwards.
-
-    Threaded BLAS may sum a K-term dot product in another order from one call to the next; each
-    order is exact to about K * 2**-24 of the sum of |terms| (float32), so for the largest layers
-    here (K = 25,088 in VGG's fc6) the outputs may differ in the 4th significant digit, never more.
-    """
+    """Features of identical weights on identical inputs, computed in two separate forwards: equal
+    to within summation order (``zoo.inspect.FEATURE_RTOL`` says why and how close)."""
     assert list(a) == list(b)
     for layer in a:
         scale = float(a[layer].abs().max()) or 1.0
-        torch.testing.assert_close(b[layer], a[layer], rtol=0, atol=2e-4 * scale, msg=f"layer {layer} differs")
+        torch.testing.assert_close(b[layer], a[layer], rtol=0, atol=FEATURE_RTOL * scale, msg=f"layer {layer} differs")
 
 
 def git_blob_sha1(data: bytes) -> str:

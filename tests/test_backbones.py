@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from hubtools import assert_same_features
 from scipy import ndimage
 
 from zoo import UnknownNameError, UsageError, build_architecture, create_model, list_models
@@ -94,8 +95,8 @@ def test_torchvision_resnet_keys_and_counts():
         ours.load_state_dict(ref_sd, strict=True)
         x = torch.randn(2, 3, 64, 64)
         ref.eval(), ours.eval()
-        with torch.no_grad():
-            assert torch.equal(ours.forward_head(x), ref(x))
+        with torch.no_grad():  # two networks, two forwards: equal within summation order
+            assert_same_features({"head": ours.forward_head(x)}, {"head": ref(x)})
 
 
 def test_resnet_without_fc_has_no_fc_keys():
@@ -149,8 +150,8 @@ def test_forward_features_returns_only_asked_layers_in_order():
     assert list(all_feats) == ["block1", "block2", "block3", "block4"]
     some = model.forward_features(x, ["block3", "block1"])
     assert list(some) == ["block1", "block3"]
-    assert torch.equal(some["block3"], all_feats["block3"])
-    assert torch.equal(model(x), all_feats["block4"])
+    assert_same_features({"block3": some["block3"], "block4": model(x)},  # separate forwards
+                         {"block3": all_feats["block3"], "block4": all_feats["block4"]})
 
 
 def test_features_are_taken_after_relu_before_pooling():
@@ -167,3 +168,17 @@ def test_bad_layer_and_bad_input_are_one_line_errors():
         model(torch.zeros(1, 1, 32, 32))
     with pytest.raises(UsageError, match=r"\(N, C, H, W\)"):
         model(torch.zeros(3, 32, 32))
+
+
+def test_first_differing_layer_allows_summation_order_and_nothing_more():
+    from zoo.inspect import FEATURE_RTOL, first_differing_layer
+
+    a = {"conv1": torch.tensor([4.0, -2.0, 0.5]), "fc6": torch.zeros(2)}
+    within = {"conv1": a["conv1"] + 4.0 * FEATURE_RTOL * 0.9, "fc6": torch.zeros(2)}
+    beyond = {"conv1": a["conv1"] + torch.tensor([0.0, 0.0, 4.0 * FEATURE_RTOL * 1.1]), "fc6": torch.zeros(2)}
+    assert first_differing_layer(a, within) is None  # relative to the layer's largest |value|, 4.0
+    assert first_differing_layer(a, beyond) == "conv1"
+    assert first_differing_layer(a, {**a, "fc6": torch.full((2,), 1e-9)}) is None  # an all-zero layer: absolute
+    assert first_differing_layer(a, {**a, "fc6": torch.zeros(3)}) == "fc6"
+    assert first_differing_layer(a, {"conv1": a["conv1"]}) == "fc6"
+    assert first_differing_layer(a, {**a, "conv1": torch.tensor([float("nan"), -2.0, 0.5])}) == "conv1"

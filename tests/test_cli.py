@@ -58,7 +58,7 @@ def test_quickstart_runs_on_shipped_photos(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "rotnet_nin_fmnist" in res.stdout and "summary" in res.stdout
     assert "ran on 4 real photos" in res.stdout
-    assert "from_pretrained and torch.hub.load give bit-identical features" in res.stdout
+    assert "from_pretrained and torch.hub.load give bit-identical weights" in res.stdout
     summary = res.stdout[res.stdout.index("\nsummary\n"):].splitlines()[4:]
     stages = [line.split("  ")[0] for line in summary if line and not line.startswith("quickstart finished")]
     assert stages == ["backbones", "pretrained", "export", "extract", "index", "search", "train", "eval linear",

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -408,3 +409,56 @@ def test_a_rank_that_finds_the_shards_merged_already_says_so(tmp_path):
 
     (tmp_path / "out").mkdir()  # what a rank sees once another has swapped the merged result in
     assert merge_shards(tmp_path / "out", None, None, "") == {"merging": "another process has merged the shards"}
+
+
+def _nan_onnx(path, out):
+    """``path`` with one weight of its first convolution set to NaN (metadata kept): an ONNX file
+    whose model gives NaN embeddings, as a broken export or an fp16 overflow would."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+    init = next(i for i in proto.graph.initializer if i.name == conv.input[1])
+    weights = numpy_helper.to_array(init).copy()
+    weights.flat[0] = np.nan
+    init.CopyFrom(numpy_helper.from_array(weights, init.name))
+    onnx.save(proto, str(out))
+    return out
+
+
+def test_non_finite_embeddings_are_refused_at_extraction_indexing_and_search(onnx_model, jpegs, tmp_path):
+    from export.extract import FORMAT
+    from zoo.fileset import write_manifest
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("astronaut", "chelsea", "coffee"):
+        (images / f"{name}.jpg").write_bytes((jpegs / f"{name}.jpg").read_bytes())
+    # Extraction: one line naming the first image, exit 1, no result anyone can read
+    res = run_zoo("extract", str(_nan_onnx(onnx_model, tmp_path / "nan.onnx")), str(images), "-o", str(tmp_path / "e"))
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    line, = re.findall(r"error: [^\r\n]*", res.stderr)  # beside a progress bar's carriage returns
+    assert "NaN or infinite embedding for " + str(images / "astronaut.jpg") in line, line
+    assert not (tmp_path / "e" / "embeddings.npy").exists() and not (tmp_path / "e" / "manifest.json").exists()
+    with pytest.raises(UsageError, match="unfinished extraction"):
+        load_embeddings(tmp_path / "e")
+    # Indexing: an extraction folder with a NaN row (made by hand, or by an older sslzoo) is refused,
+    # naming the row and its image; no index folder appears
+    good = tmp_path / "good"
+    extract(OnnxRuntimeEngine(onnx_model), [images], good, progress=False)
+    emb = np.load(good / "embeddings.npy")
+    emb[1, 3] = np.inf
+    np.save(good / "embeddings.npy", emb)
+    write_manifest(good, content=FORMAT)
+    res = run_zoo("index", "build", str(good), "-o", str(tmp_path / "idx"))
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
+    line, = res.stderr.strip().splitlines()
+    assert "row 1 (" + str(images / "chelsea.jpg") + ") is NaN or infinite" in line, line
+    assert not (tmp_path / "idx").exists()
+    # The library functions refuse them too, naming the row
+    with pytest.raises(UsageError, match="embedding row 1 is NaN or infinite"):
+        build_index(emb, BuildParams(type="flat"))
+    index = build_index(np.eye(4, dtype=np.float32), BuildParams(type="flat"))
+    with pytest.raises(UsageError, match="query row 0 is NaN or infinite"):
+        search(index, np.full((1, 4), np.nan, np.float32), 2)

@@ -15,14 +15,10 @@ def test_atomic_files_follow_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
         atomic_write_text(tmp_path / "a.txt", "x")
-        os.umask(0o002)
-        import zoo.fileset
-
-        zoo.fileset._UMASK = None  # the umask is read once per process
+        os.umask(0o002)  # read when the file is written, not once per process
         atomic_write_text(tmp_path / "b.txt", "x")
     finally:
         os.umask(old)
-        zoo.fileset._UMASK = None
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "b.txt").stat().st_mode) == 0o664
 

@@ -63,3 +63,26 @@ def test_any_file_name_is_one_id_and_finds_its_file(tmp_path):
         path = unescape_id(file_id)
         direct = engine.embed(prepare_image(read_image(path), engine.spec.input, "uint8")[None])[0]
         assert np.abs(row - direct).max() < 1e-6
+
+
+def test_cmyk_palette_alpha_and_grey_images_decode_to_their_colours(tmp_path):
+    """Every Pillow mode a phone, a scanner or a web page writes comes out as (H, W, 3) uint8 RGB with
+    the colours it shows; alpha is dropped as torchvision's and timm's loaders drop it."""
+    rgb = np.zeros((4, 6, 3), np.uint8)
+    rgb[...] = (200, 100, 50)
+    rgb[:, 3:] = (20, 180, 240)
+    image = Image.fromarray(rgb)
+    rgba = np.dstack([rgb, np.full((4, 6), 0, np.uint8)])  # fully transparent: the colour is still the pixel's
+    files = {"cmyk.jpg": image.convert("CMYK"), "cmyk.tiff": image.convert("CMYK"), "palette.png": image.quantize(4),
+             "palette.gif": image.quantize(4), "rgba.png": Image.fromarray(rgba), "rgba.tiff": Image.fromarray(rgba)}
+    for name, img in files.items():
+        img.save(tmp_path / name, **({"quality": 100} if name.endswith(".jpg") else {}))
+        decoded = read_image(tmp_path / name)
+        assert decoded.shape == (4, 6, 3) and decoded.dtype == np.uint8, name
+        # exact, but for JPEG's lossy coding (a few levels at quality 100 on a 4x6 image; never another colour)
+        assert np.abs(decoded.astype(int) - rgb).max() <= (8 if name.endswith(".jpg") else 0), (name, decoded[0])
+    grey = np.full((4, 6), 77, np.uint8)
+    for name, img in {"grey.png": Image.fromarray(grey), "grey-alpha.png": Image.fromarray(grey).convert("LA"),
+                      "grey16be.tiff": Image.fromarray((grey.astype(np.uint16) * 257).astype(">u2"))}.items():
+        img.save(tmp_path / name)
+        assert read_image(tmp_path / name).tolist() == np.repeat(grey[..., None], 3, axis=2).tolist(), name

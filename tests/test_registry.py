@@ -115,3 +115,17 @@ def test_every_trainable_method_is_described_once_and_names_its_recipes():
         if entry.recipe:
             assert get_recipe(entry.method, entry.recipe).model == model
     assert {m for m in list_methods() if method_info(m).uses_labels} == {"multigrain", "proxynca", "s4l"}
+
+
+def test_create_model_returns_eval_mode_with_or_without_weights():
+    """pretrained=True loads weights for inference in eval mode (as from_pretrained and
+    huggingface_hub's PyTorchModelHubMixin do); pretrained=False returns the same mode, so a model
+    never changes behaviour (BatchNorm statistics, dropout) with the flag that only picks weights."""
+    model = create_model("rotnet_nin_fmnist")
+    assert not model.training and not any(m.training for m in model.modules())
+    pretrained = create_model("rotnet_nin_fmnist", pretrained=True)  # shipped: offline
+    assert not pretrained.training and not any(m.training for m in pretrained.modules())
+    x = torch.randn(4, 1, 32, 32)
+    before = [b.clone() for b in model.buffers()]
+    model(x)  # eval mode: the forward changes no BatchNorm statistic
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))

@@ -20,7 +20,7 @@ Transform = Callable[[torch.Tensor], torch.Tensor]
 
 def to_rgb_float(image: torch.Tensor) -> torch.Tensor:
     """uint8 (1 or 3, H, W) tensor -> float (3, H, W) in [0, 1]; grey is repeated into three channels,
-    as ``zoo.preprocess.hwc_uint8_to_float_chw`` does for 2-D arrays (the inference side, which takes
+    as ``zoo.preprocess.image_to_float_chw`` does for 2-D arrays (the inference side, which takes
     (H, W, 3) arrays), so grey models see exactly what they see at inference."""
     x = image.float().div_(255.0)
     return x.expand(3, -1, -1) if x.shape[0] == 1 else x[:3]

@@ -10,7 +10,7 @@ from zoo.backbones import ARCHITECTURES, Backbone, build_architecture
 from zoo.errors import (BadArgumentsError, UnknownNameError, UsageError, WeightsError, WeightsNotAvailableError,
                         ZooError)
 from zoo.checkpoint import save_pretrained
-from zoo.preprocess import preprocess
+from zoo.preprocess import ImageTransform, preprocess, transforms_for
 from zoo.registry import InputSpec, ModelEntry, create_model, get_model_entry, list_models
 
 __version__ = "0.1.0"
@@ -31,7 +31,8 @@ def from_pretrained(id_or_path: str | Path, revision: str | None = None):
 
 
 __all__ = [
-    "ARCHITECTURES", "BadArgumentsError", "Backbone", "InputSpec", "ModelEntry", "UnknownNameError", "UsageError",
+    "ARCHITECTURES", "BadArgumentsError", "Backbone", "ImageTransform", "InputSpec", "ModelEntry", "UnknownNameError", "UsageError",
     "WeightsError", "WeightsNotAvailableError", "ZooError", "__version__", "build_architecture",
     "create_model", "from_pretrained", "get_model_entry", "list_models", "preprocess", "save_pretrained",
+    "transforms_for",
 ]

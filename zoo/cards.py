@@ -715,7 +715,8 @@ def entrypoint_docstring(name: str, cards_dir: str | os.PathLike | None = None) 
         f"{entry.paper.url}",
         f"Input: {spec.size}x{spec.size} {spec.colour_space}"
         + (", Sobel inside the model" if spec.sobel_in_model else "")
-        + "; prepare images with zoo.preprocess(images, model.entry.input).",
+        + f"; prepare images with zoo.preprocess(images, model.entry.input) or zoo.transforms_for({entry.name!r}).",
+        "Returns the model in eval mode, with or without pretrained weights; call .train() to train it.",
         f"Weights: {available.short}; Hub repo {entry.weights.hub_repo}@{entry.weights.revision} "
         f"({entry.weights.status}).",
         "sslzoo results: " + ("; ".join(ours) or "none yet") + ".",

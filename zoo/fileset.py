@@ -99,11 +99,28 @@ _UMASK: int | None = None
 
 
 def _umask() -> int:
+    """The process's umask now. Linux shows it in /proc/self/status (read-only, so safe beside
+    threads that create files); elsewhere ``os.umask`` can only read it by setting it, which is done
+    once per process."""
     global _UMASK
-    if _UMASK is None:  # os.umask can only be read by setting it; do it once
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    if _UMASK is None:
         _UMASK = os.umask(0o077)
         os.umask(_UMASK)
     return _UMASK
+
+
+def follow_umask(path: str | Path, folder: bool = False) -> None:
+    """Give ``path`` the permissions a plain ``open``/``mkdir`` would (0666/0777 less the umask),
+    as huggingface_hub does: mkstemp and mkdtemp make owner-only files (0600/0700), and so do
+    some writers (safetensors' save_file), which would hide a shared hub from its other users."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
 
 
 def _size(path: Path) -> int:
@@ -173,9 +190,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], size_hint: int
         raise
     tmp = Path(name)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
         os.close(fd)
         write(tmp)
+        follow_umask(tmp)  # after write(): a writer may have replaced the file with an owner-only one
         fault_point("write", path)
         with open(tmp, "rb") as f:
             fault_point("fsync", path)

@@ -40,3 +40,26 @@ def time_forward(model: Backbone, batch: torch.Tensor, repeats: int = 1) -> floa
     for _ in range(repeats):
         model.forward_features(batch)
     return (time.perf_counter() - start) / (repeats * batch.shape[0])
+
+
+# Two forwards of the same weights on the same input may sum in another order (threaded BLAS picks
+# its blocking at run time, by load and memory alignment): each K-term dot product is exact to
+# about K * 2**-24 of the sum of its |terms| in float32, so for the largest layers here (K = 25,088
+# in VGG's fc6) outputs may differ in the 4th significant digit of the layer's largest value.
+FEATURE_RTOL = 2e-4
+
+
+def first_differing_layer(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
+                          rtol: float = FEATURE_RTOL) -> str | None:
+    """The first layer whose features differ between ``a`` and ``b`` by more than ``rtol`` of the
+    layer's largest |value| (or whose names or shapes differ), else None. Weights are compared bit
+    for bit (``zoo.checkpoint.state_dict_sha256``); features of two forwards only this closely."""
+    if list(a) != list(b):
+        return next((k for k in [*a, *b] if k not in a or k not in b), "layer order")
+    for layer in a:
+        x, y = a[layer], b[layer]
+        scale = float(x.abs().max()) if x.numel() else 0.0
+        if x.shape != y.shape or not bool(((x - y).abs() <= rtol * (scale or 1.0)).all()):
+            return layer
+    return None
+

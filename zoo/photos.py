@@ -87,12 +87,24 @@ def _to_rgb8(img) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
+def pil_to_rgb8(img, what: str = "image") -> np.ndarray:
+    """A Pillow image -> (H, W, 3) uint8 RGB, upright: EXIF orientation applied; CMYK, palette,
+    grey and 16-bit or float images converted; an alpha channel dropped, as torchvision's and timm's
+    loaders (``convert("RGB")``) do, so features match theirs. Too large or elongated: a ZooError."""
+    from PIL import ImageOps
+
+    check_image_size(img.height, img.width, what)
+    img = ImageOps.exif_transpose(img)
+    img.load()
+    return _to_rgb8(img)
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Decode an image file to an (H, W, 3) uint8 RGB array, upright (EXIF orientation applied);
     a one-line ZooError if it is unreadable, too large or too elongated."""
     import warnings
 
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     global _QUIETED
     if not _QUIETED:  # Pillow warns above its own limit; ours is lower and an error (set once per process:
@@ -100,10 +112,7 @@ def read_image(path: str | Path) -> np.ndarray:
         _QUIETED = True  # thread-safe, and extraction decodes in threads)
     try:
         with Image.open(path) as img:
-            check_image_size(img.height, img.width, f"image {path}")
-            img = ImageOps.exif_transpose(img)
-            img.load()
-            return _to_rgb8(img)
+            return pil_to_rgb8(img, f"image {path}")
     except FileNotFoundError:
         raise ZooError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:

@@ -197,6 +197,11 @@ def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Modul
     the way ``zoo.from_pretrained`` does: local hub first, then the Hugging Face Hub, then (for a
     converted release not yet published) the authors' release, fetched and converted on first
     use; ``kwargs`` may then only repeat the arguments the weights were saved with.
+
+    Both return the model in eval mode, ready for inference, as ``from_pretrained`` and
+    huggingface_hub's ``PyTorchModelHubMixin.from_pretrained`` do: the flag picks the weights and
+    never also changes how BatchNorm and dropout behave. timm's ``create_model`` and torchvision's
+    builders return train mode instead; call ``model.train()`` to train or fine-tune.
     """
     entry = get_model_entry(name)
     if pretrained:
@@ -207,7 +212,7 @@ def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Modul
     model = build_architecture(entry.arch, **arch_kwargs)
     model.entry = entry
     model.arch_kwargs = arch_kwargs
-    return model
+    return model.eval()
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ class BackboneMethod(Method):
     def __init__(self, recipe: Recipe):
         super().__init__(recipe)
         self.options: Any = recipe.options or self.options_type()
-        self.backbone = create_model(recipe.model, **recipe.model_kwargs)
+        self.backbone = create_model(recipe.model, **recipe.model_kwargs).train()  # create_model returns eval mode
         self.build(self.options)
 
     def build(self, o: Any) -> None:
