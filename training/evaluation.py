@@ -379,8 +379,10 @@ def hungarian_accuracy(pred: Sequence[int], labels: Sequence[int]) -> float:
 
 PROTOCOLS = ("linear", "linear-pool", "knn", "cluster", "retrieval")
 VAL_IMAGES = 5_000
-# Bumped whenever a protocol changes what it computes: the random-init baseline cache keys on it.
-EVAL_VERSION = 2
+# Bumped whenever a protocol changes what it computes: the score cache (random-init baselines
+# included) keys on its protocol's version. Retrieval 3: non-square photos resized and centre-cropped
+# as torchvision rounds (the benchmark's photos part changed; its Fashion-MNIST part did not).
+PROTOCOL_VERSIONS = {"linear": 2, "linear-pool": 2, "knn": 2, "cluster": 2, "retrieval": 3}
 
 
 @dataclass(frozen=True)
@@ -583,7 +585,7 @@ def _score_key(weights: dict[str, Any], model: nn.Module, protocol: str, layers:
     spec = {"weights": weights, "arch": model.entry.arch, "arch_kwargs": dict(getattr(model, "arch_kwargs", {})),
             "input": dataclasses.asdict(model.entry.input), "embedding": model.entry.embedding_layer,
             "protocol": protocol, "layers": list(layers), "settings": dataclasses.asdict(settings), "data": data,
-            "version": EVAL_VERSION, "torch": torch.__version__, "threads": torch.get_num_threads()}
+            "version": PROTOCOL_VERSIONS[protocol], "torch": torch.__version__, "threads": torch.get_num_threads()}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=list).encode()).hexdigest()[:24]
 
 

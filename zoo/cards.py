@@ -560,7 +560,8 @@ def _detail(r: Result) -> str:
         parts.append(f"95% interval [{_num(r.ci95[0])}, {_num(r.ci95[1])}]")
     for part, v in r.parts.items():
         if isinstance(v, dict) and _is_number(v.get("value")):
-            parts.append(f"{part}: {_value_text(v['value'], v.get('std'), r.runs)}")
+            caveat = f" ({v['caveat']})" if v.get("caveat") else ""  # e.g. measured by older code
+            parts.append(f"{part}: {_value_text(v['value'], v.get('std'), r.runs)}{caveat}")
     return head + "; ".join(parts) + "."
 
 
