@@ -80,6 +80,18 @@ def test_old_spellings_stop_in_one_line_naming_the_new_one(argv, new, tmp_path, 
     assert captured.out == "" and list(tmp_path.iterdir()) == []
 
 
+def test_every_renamed_option_leaves_its_current_spelling_working():
+    """A hidden old spelling must not share its name with the option that replaced it: click keys
+    parsed values by name, so `export -o FILE` was refused as "--output is now -o/--out"."""
+    commands = dict(_commands())
+    for name, command in commands.items():
+        hidden = {p.name for p in command.params if getattr(p, "hidden", False)}
+        visible = {p.name for p in command.params if not getattr(p, "hidden", False)}
+        assert not hidden & visible, name
+    ctx = commands["export"].make_context("export", ["random:rotnet_nin_fmnist", "--onnx", "-o", "m.onnx"])
+    assert ctx.params["output"] == Path("m.onnx")
+
+
 @pytest.mark.slow
 def test_eval_json_prints_only_the_report_on_stdout_and_json_out_writes_it(tmp_path):
     """Also: --cards, the spelling the published cards' commands use, still records (a hidden alias

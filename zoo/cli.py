@@ -121,7 +121,10 @@ def renamed(old: str, new: str, flag: bool = False):
         if value:
             raise click.UsageError(f"{old} is now {new}; rerun with {new}", ctx)
 
-    return click.option(old, is_flag=flag, default=None, hidden=True, expose_value=False, callback=refuse)
+    # A name of its own: click keys parsed values by name, and "--output" would otherwise be named
+    # "output", the very name the current "-o/--out" option often carries.
+    name = "renamed_" + old.lstrip("-").replace("-", "_")
+    return click.option(old, name, is_flag=flag, default=None, hidden=True, expose_value=False, callback=refuse)
 
 
 def no_progress_option(f):
