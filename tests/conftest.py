@@ -23,6 +23,18 @@ def zoo_cli():
 
 
 @pytest.fixture(autouse=True)
+def fresh_fault_counts():
+    """Each test counts its ZOO_TEST_FAULT points from zero: the hook counts per spec in the process,
+    so two tests injecting the same spec ("write@model.safetensors:1:enospc") would otherwise see the
+    second one's first write as the second and never fire."""
+    from zoo import fileset
+
+    fileset._fault_counts.clear()
+    yield
+    fileset._fault_counts.clear()
+
+
+@pytest.fixture(autouse=True)
 def isolated_hubs(tmp_path_factory, monkeypatch):
     """No test reads or writes the user's local hub or Hugging Face cache, or reaches the network:
     ZOO_HUB and HF_HUB_CACHE point at an empty folder and HF_HUB_OFFLINE=1 (for subprocesses through
