@@ -17,7 +17,7 @@ from torch import nn
 
 from zoo.backbones import ARCHITECTURES, build_architecture
 from zoo.errors import UnknownNameError
-from zoo.methods import (BIGAN, BYOL, COLORIZATION, CPC, DEEPCLUSTER, DEEPERCLUSTER, IIC, JIGSAW, MULTIGRAIN,
+from zoo.methods import (BIGAN, BYOL, COLORIZATION, CPC, DEEPCLUSTER, DEEPERCLUSTER, EXEMPLAR, IIC, JIGSAW, MULTIGRAIN,
                           MULTITASK, NPID, PIRL, PROXYNCA, ROTNET, S4L, SELA, SIMCLR, SPLITBRAIN, MethodInfo,
                           Paper, method_info)
 
@@ -524,7 +524,7 @@ _ours("s4l_resnet_small_fmnist", "resnet_small", S4L,
 _ours("jigsaw_resnet_small_fmnist", "resnet_small", JIGSAW,
       "A small 32x32 ResNet trained on Fashion-MNIST to solve 3x3 jigsaw puzzles of 9-pixel tiles (64 "
       "permutations) by sslzoo's small recipe.", **_SMALL_RESNET)
-_ours("exemplar_resnet_small_fmnist", "resnet_small", method_info("exemplar"),
+_ours("exemplar_resnet_small_fmnist", "resnet_small", EXEMPLAR,
       "A small 32x32 ResNet trained on Fashion-MNIST as an Exemplar-CNN (one surrogate class per seed image) "
       "by sslzoo's small recipe.", **_SMALL_RESNET)
 _ours("bigan_resnet_small_fmnist", "resnet_small", BIGAN,
