@@ -8,7 +8,8 @@ import torch
 
 from training.methods import get_recipe
 from training.methods.multitask import (NEIGHBOURS, MultiTask, grid_origin, multitask_loss, patch_corner,
-                                        relative_position_pairs, rotate_each)
+                                        relative_position_pairs)
+from training.transforms import rotate_each
 
 
 def test_the_grid_is_centred_and_must_fit():

@@ -100,3 +100,13 @@ def rotate_batch(x: torch.Tensor, quarter_turns: Sequence[int] = (0, 1, 2, 3)) -
     rotated = torch.cat([torch.rot90(x, k, dims=(-2, -1)) for k in quarter_turns])
     labels = torch.arange(len(quarter_turns), device=x.device).repeat_interleave(x.shape[0])
     return rotated, labels
+
+
+def rotate_each(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """Image i of (B, C, H, W) turned by ``turns[i]`` quarter turns anticlockwise (square images)."""
+    out = x.clone()
+    for k in range(1, 4):
+        chosen = turns == k
+        if bool(chosen.any()):
+            out[chosen] = torch.rot90(x[chosen], k, dims=(-2, -1))
+    return out

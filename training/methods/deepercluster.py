@@ -29,6 +29,7 @@ from training.engine import FitContext
 from training.evaluation import nmi
 from training.methods.common import BackboneMethod, crop_flip_augment, training_set_features, unassigned
 from training.recipes import Optimizer, method_recipes, paper_recipe, small_recipe, tiny_recipe
+from training.transforms import rotate_each
 
 ROTATIONS = 4  # 0, 90, 180, 270 degrees
 
@@ -150,7 +151,7 @@ class DeeperCluster(BackboneMethod, options=DeeperClusterOptions):
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         x, index = batch["x"], batch["index"]
         rotation = torch.randint(ROTATIONS, (len(x),), device=x.device)
-        rotated = torch.stack([torch.rot90(img, int(r), dims=(-2, -1)) for img, r in zip(x, rotation)])
+        rotated = rotate_each(x, rotation)
         super_class, sub_class = hierarchical_targets(self.super_cluster[index], self.sub_cluster[index], rotation)
         features = deepest_features(self.backbone, rotated)
         super_logits = self.super_head(features)

@@ -44,7 +44,7 @@ from training.methods.common import BackboneMethod, grey_view, heldout_images
 from training.methods.heads import feature_dim, mlp, pooled_features
 from training.methods.views import ViewRecipe, Views
 from training.recipes import Optimizer, Schedule, method_recipes, paper_recipe, small_recipe, tiny_recipe
-from training.transforms import eval_transform
+from training.transforms import eval_transform, rotate_each
 
 # The 8 neighbours of the centre cell of a 3x3 grid, (row, column) offsets, in reading order:
 # relative-position class k is NEIGHBOURS[k].
@@ -100,16 +100,6 @@ def relative_position_pairs(x: torch.Tensor, targets: torch.Tensor, shifts: torc
         top, left = patch_corner(1 + dy, 1 + dx, shift[1], size, cell, patch)
         others.append(image[:, top:top + patch, left:left + patch])
     return torch.stack(centres), torch.stack(others)
-
-
-def rotate_each(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
-    """Image i of (B, C, H, W) turned by ``turns[i]`` quarter turns anticlockwise (square images)."""
-    out = x.clone()
-    for k in range(1, 4):
-        chosen = turns == k
-        if bool(chosen.any()):
-            out[chosen] = torch.rot90(x[chosen], k, dims=(-2, -1))
-    return out
 
 
 def multitask_loss(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
