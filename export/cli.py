@@ -297,7 +297,7 @@ def search_cmd(index_dir, images, k, as_json, threads):
     if not rows:
         raise UsageError("none of the query images could be read")
 
-    scores, found = search(index, engine.embed(np.stack(rows)), k)
+    scores, found = search(index, engine.embed(np.stack(rows)), k, names=names)
     for name, sc, fo in zip(names, scores, found):
         results.append({"query": name, "results": [{"id": ids[j], "score": float(s)} for s, j in zip(sc, fo) if j >= 0]})
     if as_json:

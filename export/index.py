@@ -178,14 +178,18 @@ def default_search_params(index_type: str) -> SearchParams:
     return SearchParams()
 
 
-def search(index, queries: np.ndarray, k: int, params: SearchParams | None = None) -> tuple[np.ndarray, np.ndarray]:
+def search(index, queries: np.ndarray, k: int, params: SearchParams | None = None,
+           names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest rows of ``index`` for each query; ``names`` (the query images) name a
+    non-finite query in the error."""
     if params is not None:
         set_search_params(index, params)
     k = min(k, index.ntotal)
     queries = _as_float32(queries)
     if (bad := first_non_finite_row(queries)) is not None:  # FAISS would still return "neighbours"
-        raise UsageError(f"query row {bad} is NaN or infinite: the model gives non-finite embeddings; fix or "
-                         "re-export it")
+        what = f"the query {names[bad]}" if names is not None else f"query row {bad}"
+        raise UsageError(f"{what} embeds to NaN or infinite numbers: the model gives non-finite embeddings; fix "
+                         "or re-export it")
     return index.search(queries, k)
 
 

@@ -284,7 +284,7 @@ def test_completion_through_the_real_command():
 
 # -- installed top-level names ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("how", ["python -m zoo", "zoo script"])
+@pytest.mark.parametrize("how", ["python -m zoo", "zoo script", "torchrun"])
 def test_a_users_own_training_and_export_packages_do_not_replace_sslzoos(how, tmp_path):
     """A user's packages named like sslzoo's top-level ones: importing one leaves a mark. (With an
     editable install, a submodule such as training.cli may still be found through the user's
@@ -296,7 +296,9 @@ def test_a_users_own_training_and_export_packages_do_not_replace_sslzoos(how, tm
             "import pathlib  # the user's own package\npathlib.Path(__file__).with_name('imported').touch()\n")
     script = Path(sys.executable).parent / "zoo"
     assert how != "zoo script" or script.is_file(), "the console script is installed by `pip install -e .`"
-    command = [sys.executable, "-m", "zoo"] if how == "python -m zoo" else [str(script)]
+    command = {"python -m zoo": [sys.executable, "-m", "zoo"], "zoo script": [str(script)],
+               # the README's multi-process form: torchrun starts the installed script, not `-m training`
+               "torchrun": [str(script.with_name("torchrun")), "--nproc-per-node", "1", "--no-python", str(script)]}[how]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's zoo, wherever sslzoo was installed from
     for sub in (["train", "--help"], ["index", "build", "--help"]):
         res = subprocess.run([*command, *sub], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

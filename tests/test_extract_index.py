@@ -460,5 +460,30 @@ def test_non_finite_embeddings_are_refused_at_extraction_indexing_and_search(onn
     with pytest.raises(UsageError, match="embedding row 1 is NaN or infinite"):
         build_index(emb, BuildParams(type="flat"))
     index = build_index(np.eye(4, dtype=np.float32), BuildParams(type="flat"))
-    with pytest.raises(UsageError, match="query row 0 is NaN or infinite"):
+    with pytest.raises(UsageError, match="query row 0 embeds to NaN or infinite"):
         search(index, np.full((1, 4), np.nan, np.float32), 2)
+
+
+def test_search_names_the_query_image_whose_embedding_is_not_finite(onnx_model, jpegs, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from export.cli import search_cmd
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("astronaut", "chelsea", "coffee"):
+        (images / f"{name}.jpg").write_bytes((jpegs / f"{name}.jpg").read_bytes())
+    assert run_zoo("extract", str(onnx_model), str(images), "-o", str(tmp_path / "e")).returncode == 0
+    assert run_zoo("index", "build", str(tmp_path / "e"), "-o", str(tmp_path / "idx")).returncode == 0
+    real_embed = OnnxRuntimeEngine.embed
+
+    def second_row_overflows(self, batch):  # the one thing faked: a model that overflows on one image
+        emb = real_embed(self, batch)
+        emb[1, 0] = np.inf
+        return emb
+
+    monkeypatch.setattr(OnnxRuntimeEngine, "embed", second_row_overflows)
+    res = CliRunner().invoke(search_cmd, [str(tmp_path / "idx"), str(images / "astronaut.jpg"),
+                                          str(images / "chelsea.jpg")])
+    assert isinstance(res.exception, UsageError), res.output
+    assert f"the query {images / 'chelsea.jpg'} embeds to NaN or infinite numbers" in str(res.exception)

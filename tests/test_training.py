@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,8 +65,9 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
 
 def test_two_process_gloo_ddp_ends_with_identical_weights(tmp_path):
     out = tmp_path / "ddp"
+    zoo_script = Path(sys.executable).with_name("zoo")  # the README's form: torchrun starts the installed script
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "training", "train", "rotnet", "--recipe", "tiny", "--limit", "128", "--batch-size", "16",
+                          "--no-python", str(zoo_script), "train", "rotnet", "--recipe", "tiny", "--limit", "128", "--batch-size", "16",
                           "--out", str(out), "--no-progress"], cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]

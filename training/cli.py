@@ -65,7 +65,7 @@ def train(method, recipe, data, out, resume, epochs, batch_size, limit, accumula
           checkpoint_every, no_progress):
     """Train METHOD with a recipe and write a checkpoint folder (OUT/model) that zoo.from_pretrained loads.
 
-    Multi-process: torchrun --nproc-per-node N -m training train METHOD --recipe paper --data PATH
+    Multi-process: torchrun --nproc-per-node N --no-python zoo train METHOD --recipe paper --data PATH
     """
     from training.engine import fit
     from training.methods import get_recipe, method_module

@@ -16,10 +16,28 @@ An entry point is loaded (its package imported) only when its command or the qui
 
 from __future__ import annotations
 
+import os
+import sys
 from importlib.metadata import EntryPoint, entry_points
 
 COMMANDS_GROUP = "sslzoo.commands"
 QUICKSTART_GROUP = "sslzoo.quickstart"
+
+
+def drop_current_folder() -> None:
+    """Take the current folder off ``sys.path`` where ``python -m`` put it, before any subcommand loads.
+
+    sslzoo installs ``training`` and ``export`` as top-level packages beside ``zoo``; a user's own
+    packages of those names in the folder they work in would otherwise replace them. The CLI reads no
+    module from the current folder, so the entry goes, as Python's ``-P`` (safe path) would drop it; it
+    stays only when sslzoo itself was imported from there (a source checkout run in place).
+    """
+    if getattr(sys.flags, "safe_path", False) or not sys.path:
+        return  # python -P: nothing was added
+    first = os.path.realpath(sys.path[0] or os.curdir)
+    source_root = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    if first == os.path.realpath(os.getcwd()) and first != source_root:
+        del sys.path[0]
 
 
 def plugin_entry_points(group: str) -> dict[str, EntryPoint]:
