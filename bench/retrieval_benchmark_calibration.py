@@ -1,7 +1,7 @@
 """Calibrate the copy-detection benchmark (training.retrieval_benchmark): how hard is it?
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python bench/retrieval_benchmark_calibration.py \
-        [--seeds 0,1,2] [--checkpoints 'runs/*-small-seed0/model'] [--json bench/results/retrieval_benchmark.json]
+        [--seeds 0,1,2] [--checkpoints 'runs/*-small-seed0/model'] [--json-out bench/results/retrieval_benchmark.json]
 
 Measures, on the test and val benchmarks, mAP and recall@1 (with 95 % bootstrap intervals) of
 raw pixels (each image resized to 32x32 grey, flattened), of random-init ``resnet_small`` networks
@@ -111,7 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--checkpoints", default="", help="glob of checkpoint folders")
-    parser.add_argument("--json", default="")
+    parser.add_argument("--json-out", default="", help="write the rows as JSON to this file (the zoo CLI's spelling)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     train = fashion_mnist(split="train")
@@ -121,8 +121,8 @@ def main() -> None:
     for split in ("test", "val"):
         print_tables(f"copydetect-{split}", rows[split])
     print_chosen(rows)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":
