@@ -10,7 +10,13 @@ ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-def run_zoo(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
+# Timeouts in these tests only end a hung run; they assert no speed. A shared CI machine can be many
+# times slower than an idle one (the suite was run with a load average of 25 on 2 cores), so every
+# subprocess and process join waits HANG_GUARD_S, below pytest's own per-test --timeout (pyproject).
+HANG_GUARD_S = 1800
+
+
+def run_zoo(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = HANG_GUARD_S):
     """Run the real `zoo` CLI in a subprocess; returns the CompletedProcess."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "zoo", *args], capture_output=True, text=True,
@@ -83,6 +89,6 @@ def killed():
     def run(args, fault):
         proc = ctx.Process(target=_killed_child, args=(tuple(args), fault))
         proc.start()
-        proc.join(timeout=600)
+        proc.join(timeout=HANG_GUARD_S)
         assert proc.exitcode == -9, f"{fault}: the point was not reached (exit {proc.exitcode})"
     return run

@@ -27,13 +27,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import HANG_GUARD_S, ROOT
 
 from zoo.cli import main
 
 SEED = int(os.environ.get("ZOO_FUZZ_SEED", "16"))  # fixed, so CI is reproducible; vary it to explore
 INVOCATIONS = 500
-SECONDS_PER_INVOCATION = 20  # a command that starts real work instead of failing fast trips this
+SECONDS_PER_INVOCATION = 60  # a command that starts real work instead of failing fast trips this (fast
+# failures take well under a second even on a loaded machine)
 
 NUMBERS_BAD = ["-1", "0", "-5", "99999999999999999999", "1e309", "nan", "inf", "-inf", "", " ", "1.5", "0x10",
                "ten", "-0", "1_000_000_000_000"]
@@ -311,7 +312,6 @@ def _on_alarm(signum, frame):
     raise InvocationTimedOut()
 
 
-@pytest.mark.timeout(300)
 def test_random_options_of_every_command_fail_in_one_line_and_write_nothing(tmp_path, monkeypatch, capsys):
     root = tmp_path / "fuzz"
     cwd = tmp_path / "cwd"
@@ -426,7 +426,7 @@ def test_every_command_answers_help_and_the_version_with_exit_0(capsys):
 
 def _zoo(*args: str | bytes, cwd: Path):
     """The real console script's process: argv as the shell passes bytes, streams as a pipe."""
-    return subprocess.run([sys.executable, "-m", "zoo", *args], capture_output=True, cwd=cwd, timeout=120,
+    return subprocess.run([sys.executable, "-m", "zoo", *args], capture_output=True, cwd=cwd, timeout=HANG_GUARD_S,
                           env={**os.environ, "ZOO_OFFLINE": "1"})
 
 
@@ -696,7 +696,6 @@ def _bounded_memory():
     resource.setrlimit(resource.RLIMIT_AS, (HOSTILE_ADDRESS_SPACE, HOSTILE_ADDRESS_SPACE))
 
 
-@pytest.mark.timeout(300)
 def test_hostile_files_and_out_of_range_values_fail_in_one_line_in_bounded_memory(hostile_pool, tmp_path):
     from test_safe_load import MARKER as TORCHSCRIPT_MARKER
 
@@ -710,7 +709,7 @@ def test_hostile_files_and_out_of_range_values_fail_in_one_line_in_bounded_memor
            "MALLOC_ARENA_MAX": "2", "ZOO_OFFLINE": "1", "HOME": str(tmp_path), "TMPDIR": str(tmp_path)}  # torch leaves files there
     code = "import sys, test_cli_fuzz; test_cli_fuzz._hostile_driver(sys.argv[1])"
     driver = subprocess.run([sys.executable, "-c", code, str(tmp_path / "spec.json")], cwd=cwd, env=env,
-                            capture_output=True, timeout=280, preexec_fn=_bounded_memory)
+                            capture_output=True, timeout=HANG_GUARD_S, preexec_fn=_bounded_memory)
     results = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert len(results) == len(invocations), \
         f"the driver died (exit {driver.returncode}) at {invocations[len(results)][0]!r}: {driver.stderr[-800:]!r}"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 import pytest
-from conftest import ROOT, run_zoo
+from conftest import HANG_GUARD_S, ROOT, run_zoo
 
 from zoo.cli import cli, complete_model_names, complete_model_or_path, main, progress_wanted
 from zoo.registry import list_models
@@ -301,11 +301,11 @@ def test_a_users_own_training_and_export_packages_do_not_replace_sslzoos(how, tm
                "torchrun": [str(script.with_name("torchrun")), "--nproc-per-node", "1", "--no-python", str(script)]}[how]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's zoo, wherever sslzoo was installed from
     for sub in (["train", "--help"], ["index", "build", "--help"]):
-        res = subprocess.run([*command, *sub], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        res = subprocess.run([*command, *sub], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
         assert res.returncode == 0 and f"Usage: zoo {' '.join(sub[:-1])}" in res.stdout, res.stderr
     assert sorted(p.name for p in tmp_path.glob("*/imported")) == []
     # and the user's packages stay theirs for their own `python` in that folder
-    mine = subprocess.run([sys.executable, "-c", "import training"], cwd=tmp_path, timeout=60)
+    mine = subprocess.run([sys.executable, "-c", "import training"], cwd=tmp_path, timeout=HANG_GUARD_S)
     assert mine.returncode == 0 and (tmp_path / "training" / "imported").is_file()
 
 
@@ -313,5 +313,5 @@ def test_python_m_zoo_keeps_the_current_folder_when_it_is_the_source_checkout():
     """Run in place from a checkout (no install): zoo comes from the current folder, and so do its
     training and export."""
     res = subprocess.run([sys.executable, "-m", "zoo", "train", "--help"], cwd=ROOT, capture_output=True, text=True,
-                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, timeout=300)
+                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, timeout=HANG_GUARD_S)
     assert res.returncode == 0 and "Usage: zoo train" in res.stdout, res.stderr

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, run_zoo
+from conftest import HANG_GUARD_S, ROOT, run_zoo
 
 from zoo.errors import UsageError
 from zoo.photos import load_photos
@@ -138,7 +138,7 @@ def test_torchrun_extracts_with_two_ranks(onnx_model, jpegs, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
            "-m", "zoo", "extract", str(onnx_model), str(jpegs), "-o", str(tmp_path / "out"), "--shard-size", "6",
            "--threads", "1"]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=HANG_GUARD_S,
                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-2000:]
     emb, ids, meta = load_embeddings(tmp_path / "out")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import HANG_GUARD_S, ROOT
 
 # One process per umask writes each kind of output the way a user does: a checkpoint
 # (save_pretrained), a local-hub publish (snapshot folders, refs), an ONNX export, an extraction
@@ -58,7 +58,7 @@ def test_every_written_file_and_folder_follows_the_umask(tmp_path, umask):
     out, hub = tmp_path / "out", tmp_path / "hub"
     env = {**os.environ, "ZOO_HUB": str(hub), "ZOO_THREADS": "1", "OMP_NUM_THREADS": "1"}
     res = subprocess.run([sys.executable, "-c", SCRIPT.format(tests=str(ROOT / "tests")), str(out)],
-                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=HANG_GUARD_S,
                          preexec_fn=lambda: os.umask(umask))
     assert res.returncode == 0, res.stdout + res.stderr
     modes = {**{f"out/{k}": v for k, v in _modes(out).items()}, **{f"hub/{k}": v for k, v in _modes(hub).items()}}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import HANG_GUARD_S, ROOT
 from hubtools import (
     FIXTURE_VALUE, assert_same_features, assert_same_weights, edit_config, features, lay_out_hf_cache,
     publishable_checkpoint, random_model, rewrite_weights,
@@ -161,7 +161,7 @@ print("OK")
     env = {"HF_HUB_CACHE": str(tmp_path / "hf-cache"), "HF_HUB_OFFLINE": "1", "ZOO_HUB": str(tmp_path / "empty"),
            "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
-                         env={**__import__("os").environ, **env}, timeout=300)
+                         env={**__import__("os").environ, **env}, timeout=HANG_GUARD_S)
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines()[-1] == "OK"
     error = res.stdout.splitlines()[0]

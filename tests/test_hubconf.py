@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import HANG_GUARD_S, ROOT
 from hubtools import features, publishable_checkpoint, random_model
 
 import zoo
@@ -93,6 +93,6 @@ print("same features")
 """
     env = {**os.environ, "PYTHONPATH": str(project)}  # the project, not sslzoo's checkout
     res = subprocess.run([sys.executable, "-c", script], cwd=project, env=env, capture_output=True, text=True,
-                         timeout=300)
+                         timeout=HANG_GUARD_S)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip() == "same features"

@@ -23,7 +23,7 @@ import torch
 from zoo import WeightsError
 from zoo.convert.safe_load import load_original
 
-from conftest import run_zoo
+from conftest import HANG_GUARD_S, run_zoo
 
 MARKER = "SSLZOO_TORCHSCRIPT_CODE_RAN"
 
@@ -56,14 +56,14 @@ SCRIPTED = textwrap.dedent(f"""
 
 
 def _python(code: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=HANG_GUARD_S)
 
 
 def _torchscript(path):
     """Writes the payload module to PATH (scripting needs the source in a file)."""
     script = path.with_name(path.name + "_make.py")
     script.write_text(SCRIPTED)
-    made = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=300)
+    made = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert made.returncode == 0, made.stderr
     return path
 

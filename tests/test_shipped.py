@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_zoo
+from conftest import HANG_GUARD_S, ROOT, run_zoo
 from hubtools import assert_same_features, assert_same_weights, features, random_model
 
 import zoo
@@ -66,7 +66,7 @@ print("loaded", len(names))
     env.update(HOME=str(home), ZOO_HUB=str(tmp_path / "hub"), HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1",
                PYTHONPATH=str(ROOT))
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env,
-                         timeout=600)
+                         timeout=HANG_GUARD_S)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip() == f"loaded {len(WITH_RESULTS)}"
     assert not (tmp_path / "hub").exists() and not (tmp_path / "hf").exists()  # nothing downloaded or cached

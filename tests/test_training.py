@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, run_zoo
+from conftest import HANG_GUARD_S, ROOT, run_zoo
 from training.engine import load_training_state, state_digest
 
 # A tiny RotNet run: 192 images, 16 per step -> 12 steps per epoch, checkpoints after every step.
@@ -38,7 +38,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
 
     proc = subprocess.Popen([sys.executable, "-m", "zoo", *TINY, "--out", str(killed)], cwd=ROOT, env=ONE_THREAD,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
+    deadline = time.time() + HANG_GUARD_S
     while not list((killed / "checkpoints").glob("step-0000000[3-9].pt")) and proc.poll() is None:
         assert time.time() < deadline, "no checkpoint appeared"
         time.sleep(0.01)
@@ -69,7 +69,7 @@ def test_two_process_gloo_ddp_ends_with_identical_weights(tmp_path):
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                           "--no-python", str(zoo_script), "train", "rotnet", "--recipe", "tiny", "--limit", "128", "--batch-size", "16",
                           "--out", str(out), "--no-progress"], cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True,
-                         timeout=600)
+                         timeout=HANG_GUARD_S)
     assert res.returncode == 0, res.stderr[-3000:]
     end = [r for r in _records(out) if r.get("event") == "end"][0]
     assert len(end["rank_digests"]) == 2 and end["rank_digests"][0] == end["rank_digests"][1]
@@ -200,7 +200,7 @@ def test_every_method_resumed_after_a_kill_mid_epoch_equals_an_uninterrupted_run
         first, second = train(method, "killed", KILL_AT_SECOND_CHECKPOINT), \
             train(method, "killed2", MORE_KILL_POINTS[i % len(MORE_KILL_POINTS)])
         for proc in (first, second):
-            _, err = proc.communicate(timeout=600)
+            _, err = proc.communicate(timeout=HANG_GUARD_S)
             assert proc.returncode == -signal.SIGKILL, f"{method}: {err[-2000:]}"
         assert [p.name for p in (tmp_path / "killed" / method / "checkpoints").glob("step-*.pt")] == \
             ["step-00000002.pt"]
@@ -208,10 +208,10 @@ def test_every_method_resumed_after_a_kill_mid_epoch_equals_an_uninterrupted_run
                                      env=ONE_THREAD, stdout=open(tmp_path / f"{run}.log", "w"), stderr=subprocess.STDOUT)
                for run in ("killed", "killed2")}  # side by side
     for run, proc in resumed.items():
-        assert proc.wait(timeout=900) == 0, (tmp_path / f"{run}.log").read_text()[-3000:]
+        assert proc.wait(timeout=HANG_GUARD_S) == 0, (tmp_path / f"{run}.log").read_text()[-3000:]
     # each resumed in the middle of epoch 0
     assert (tmp_path / "killed.log").read_text().count("(epoch 0, step 2)") == len(methods)
-    assert reference.wait(timeout=900) == 0, (tmp_path / "reference.log").read_text()[-3000:]
+    assert reference.wait(timeout=HANG_GUARD_S) == 0, (tmp_path / "reference.log").read_text()[-3000:]
     log.close()
     differ = {}
     for method, run in ((m, r) for r in ("killed", "killed2") for m in methods):
