@@ -44,8 +44,10 @@ PAGE_NAME = "index.html"
 CLUSTERING_METHODS = ("deepcluster", "sela", "deepercluster", "iic")
 PARTS = ("curves", "clustering", "probes", "filters", "retrieval")
 CARD_PARTS = ("filters", "retrieval", "probes")  # what `--all` draws for the model cards
-GRID_QUERIES = 6
-GRID_HITS = 5
+# (queries, hits per query, inches per tile, PNG colours) of the retrieval grid, per benchmark part:
+# photographs (gravel, brick, stars) compress poorly, so fewer, smaller tiles in fewer colours keep
+# the pictures beside the cards under 80 KB each.
+GRID_SHAPE = {"fmnist": (6, 5, 1.25, 256), "photos": (4, 4, 1.0, 64)}
 GRID_DATABASE = 500  # database images the grid's queries search: seconds of features on two cores, not minutes
 DPI = 80
 
@@ -259,25 +261,26 @@ def _figure(rows: int, cols: int, width: float, height: float):
     return fig, axes
 
 
-def png_bytes(fig) -> bytes:
-    """The figure as a PNG of at most 256 colours (a third of the bytes of full colour, for pictures
-    committed beside the model cards), with no version stamp: the same figure gives the same bytes."""
+def png_bytes(fig, colours: int = 256) -> bytes:
+    """The figure as a PNG of at most ``colours`` colours (half the bytes of full colour or less, for
+    pictures committed beside the model cards), with no version stamp: the same figure gives the
+    same bytes."""
     from PIL import Image
 
     drawn = io.BytesIO()
     fig.savefig(drawn, format="png", dpi=DPI)
     drawn.seek(0)
-    image = Image.open(drawn).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    image = Image.open(drawn).convert("RGB").quantize(colors=colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     packed = io.BytesIO()
     image.save(packed, format="png", optimize=True)
     return packed.getvalue()
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, path: Path, colours: int = 256) -> None:
     import matplotlib.pyplot as plt
 
     try:
-        data = png_bytes(fig)
+        data = png_bytes(fig, colours)
     finally:
         plt.close(fig)
     atomic_write(path, lambda p: p.write_bytes(data))
@@ -452,7 +455,8 @@ def draw_retrieval_grid(subject: Subject, out: Path) -> Picture:
     model = subject.model
     part = benchmark_part_for(model)
     bench = single_part_benchmark(part, "test", seed=0)
-    chosen = spread_indices(len(bench.queries), GRID_QUERIES)
+    queries_shown, hits, tile, colours = GRID_SHAPE[part]
+    chosen = spread_indices(len(bench.queries), queries_shown)
     originals = [int(bench.positives[q][0]) for q in chosen]
     searched = grid_database(originals, len(bench.database), GRID_DATABASE)
     layer = embedding_layer(model, model.feature_layers)
@@ -463,25 +467,26 @@ def draw_retrieval_grid(subject: Subject, out: Path) -> Picture:
 
     query_x = features([bench.queries.images[q] for q in chosen])
     database_x = features([bench.database.images[i] for i in searched])
-    order, sims = top_hits(query_x, database_x, GRID_HITS)
-    fig, axes = _figure(len(chosen), GRID_HITS + 1, 1.25 * (GRID_HITS + 1), 1.4 * len(chosen) + 0.3)
+    order, sims = top_hits(query_x, database_x, hits)
+    fig, axes = _figure(len(chosen), hits + 1, tile * (hits + 1), (tile + 0.15) * len(chosen) + 0.3)
     for row, q in enumerate(chosen):
         _show(axes[row, 0], bench.queries.images[q], "query" if row == 0 else "", None)
-        for col in range(GRID_HITS):
+        for col in range(hits):
             hit = int(searched[order[row, col]])
             _show(axes[row, col + 1], bench.database.images[hit], f"{sims[row, col]:.2f}",
                   "tab:green" if hit == originals[row] else "tab:red")
-    fig.suptitle(f"{subject.name}: copy detection, top {GRID_HITS} ({layer})", fontsize=9)
-    fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - 0.3 / (1.4 * len(chosen) + 0.3)))
-    _save(fig, out / "retrieval_grid.png")
+    fig.suptitle(f"{subject.name}: copy detection, top {hits} ({layer})", fontsize=9)
+    fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - 0.3 / ((tile + 0.15) * len(chosen) + 0.3)))
+    _save(fig, out / "retrieval_grid.png", colours)
     source = ("Fashion-MNIST test images" if part == "fmnist" else "the shipped photos")
+    searched_text = (f"all {len(searched):,} database images" if len(searched) == len(bench.database) else
+                     f"{len(searched):,} of the benchmark's {len(bench.database):,} database images (the queries' "
+                     "originals and a random draw of the others; the benchmark's mAP searches them all)")
     return Picture("retrieval_grid.png", "Retrieval",
                    f"{len(chosen)} of the {len(bench.queries):,} queries of the copy-detection benchmark's {part} part "
-                   f"(strongly distorted copies of {source}), left, and their top {GRID_HITS} hits by cosine similarity "
-                   f"(printed above each) of globally pooled `{layer}` features among {len(searched):,} of the "
-                   f"benchmark's {len(bench.database):,} database images (the queries' originals and a random draw of "
-                   "the others; the benchmark's mAP searches them all); the true original is framed in green, other "
-                   "images in red.")
+                   f"(strongly distorted copies of {source}), left, and their top {hits} hits by cosine similarity "
+                   f"(printed above each) of globally pooled `{layer}` features among {searched_text}; the true "
+                   "original is framed in green, other images in red.")
 
 
 def _shape(model: nn.Module, layer: str) -> tuple[int, ...]:
@@ -491,7 +496,7 @@ def _shape(model: nn.Module, layer: str) -> tuple[int, ...]:
 
 
 def _show(ax, image: np.ndarray, title: str, frame: str | None) -> None:
-    ax.imshow(image, interpolation="nearest")
+    ax.imshow(image, interpolation="antialiased")  # nearest when enlarging 3x or more, smoothed when shrinking photos
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
