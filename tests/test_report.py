@@ -88,3 +88,10 @@ def test_top_hits_rank_by_cosine_and_filters_scale_to_mid_grey():
     assert filter_tiles(torch.randn(4, 3, 5, 5)).shape == (4, 5, 5, 3)  # RGB filters stay RGB
     assert filter_tiles(torch.randn(4, 2, 3, 3)).shape == (4, 3, 6, 3)  # two channels side by side
     assert size_bin_labels(4) == ["0", "1", "2-3", "4-7"]
+
+
+def test_results_of_other_weights_are_refused(tmp_path, capsys):
+    other = tmp_path / "other.json"
+    other.write_text('{"model": "sela_resnet_small_fmnist", "weights_sha256": "' + "0" * 64 + '", "results": []}')
+    assert main(["report", "sela_resnet_small_fmnist", "-o", str(tmp_path / "r"), "--results", str(other)]) == 2
+    assert "measured on other weights" in capsys.readouterr().err

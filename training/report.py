@@ -93,6 +93,9 @@ def results_for(name: str, sha256: str | None, cards_dir: str | os.PathLike | No
         data = read_json(Path(results_file), UsageError, "give the JSON file `zoo eval --json-out FILE` wrote")
         if not isinstance(data, dict) or not isinstance(data.get("results"), list):
             raise UsageError(f"{results_file} holds no \"results\" list; give a file `zoo eval --json-out` wrote")
+        if sha256 is not None and not measured_on(data, sha256):
+            raise UsageError(f"{results_file} was measured on other weights than {name}'s here; give the file "
+                             "`zoo eval` wrote for these weights")
         return data, str(results_file)
     recorded = load_results(name, cards_dir)
     where = results_path(name, cards_dir)
@@ -594,7 +597,7 @@ def _need_matplotlib() -> None:
               help="Folder for the pictures and index.html (created; other files in it are kept).")
 @click.option("--parts", type=NON_EMPTY, default=None,
               help=f"Comma-separated parts to draw: {', '.join(PARTS)} [default: all].")
-@click.option("--results", "results_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--results", "results_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Per-layer scores from this `zoo eval --json-out` file instead of the recorded results.")
 @click.option("--all", "all_shipped", is_flag=True,
               help=f"Draw {', '.join(CARD_PARTS)} of every shipped model into CARDS/pictures/NAME (the model cards "
