@@ -325,3 +325,20 @@ def test_one_training_seed_records_without_a_spread_and_says_its_layer_came_from
     two_seeds = multi_seed_results()
     two_seeds["results"][0].pop("std")
     assert "several seeds but no \"std\"" in _problem(two_seeds)
+
+
+def test_a_card_shows_the_pictures_zoo_report_drew_for_it_and_only_those(tmp_path):
+    name = "rotnet_nin_fmnist"
+    assert "## Pictures" not in str(render_card(name, results=None, cards_dir=tmp_path))
+    folder = tmp_path / "pictures" / name
+    folder.mkdir(parents=True)
+    (folder / "conv1_filters.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    card = str(render_card(name, results=None, cards_dir=tmp_path))
+    assert f"(pictures/{name}/conv1_filters.png)" in card and "retrieval_grid.png" not in card
+    assert f"`zoo report {name} -o MODEL_CARDS/pictures/{name}`" in card
+    # a checkpoint's own card is published without the repository's pictures folder: no links there
+    ckpt = tmp_path / "mine"
+    random_model(name).save_pretrained(ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    assert "## Pictures" not in str(render_card(name, results=None, cards_dir=tmp_path, checkpoint_config=config,
+                                                checkpoint_dir=ckpt))

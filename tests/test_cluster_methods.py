@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_zoo
+from training.clustering import cluster_size_log2_histogram
 from training.engine import load_training_state
 
 # One thread per process: identical arithmetic in every run, and no OpenMP stalls on a busy machine.
@@ -38,6 +39,8 @@ def test_deepcluster_reclusters_each_epoch_and_resumes_mid_epoch_identically(tmp
     first, second = _epochs(whole)
     assert 0 <= first["nmi_labels"] <= 1 and "nmi_previous" not in first
     assert 0 <= second["nmi_previous"] <= 1 and "kmeans_loss" in second
+    # the spread of the 128 images over the 8 clusters, in doubling bins of size (for `zoo report`)
+    assert all(sum(e["cluster_size_log2_hist"]) == 8 for e in (first, second))
     state = _final_state(whole)
     assignments = state["assignments"].numpy()
     assert len(assignments) == 128 and set(np.unique(assignments)) == set(range(8))  # all 8 clusters used
@@ -64,6 +67,8 @@ def test_sela_labels_stay_equipartitioned_and_all_heads_train(tmp_path):
         counts = np.bincount(head, minlength=8)
         assert counts.min() >= 8 and counts.max() <= 32  # within 2x of 128 / 8 = 16 each: never collapsed
     assert all("labels_changed" in e for e in _epochs(run))
+    # the last record's cluster sizes are those of head 0's final labels (nothing changes them after it)
+    assert _epochs(run)[-1]["cluster_size_log2_hist"] == cluster_size_log2_histogram(labels[0].numpy(), 8)
     config = json.loads((run / "model" / "config.json").read_text())
     assert 0 <= config["training"]["metrics"]["nmi_labels"] <= 1
 
@@ -88,6 +93,7 @@ def test_deepercluster_builds_rotation_by_cluster_targets(tmp_path):
     assert state["super_head.weight"].shape[0] == 8  # 2 super-clusters x 4 rotations
     assert state["sub_heads.weight"].shape[0] == 8 * 4  # a 4-way classifier per super-class
     assert [0 <= e["nmi_labels"] <= 1 for e in _epochs(run)] == [True, True]  # tiny re-clusters every epoch
+    assert [sum(e["cluster_size_log2_hist"]) for e in _epochs(run)] == [8, 8]  # 2 super x 4 sub-clusters
 
 
 def test_published_folder_is_the_backbone_alone(tmp_path):

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from training.clustering import kmeans, pca_whiten_l2, reseed_empty_clusters, uniform_cluster_indices
+from training.clustering import (cluster_size_log2_histogram, kmeans, pca_whiten_l2, reseed_empty_clusters,
+                                 uniform_cluster_indices)
 from training.evaluation import nmi
 
 
@@ -74,3 +75,14 @@ def test_uniform_indices_depend_only_on_the_seed():
     labels = np.arange(50) % 5
     assert (uniform_cluster_indices(labels, seed=1) == uniform_cluster_indices(labels, seed=1)).all()
     assert (uniform_cluster_indices(labels, seed=1) != uniform_cluster_indices(labels, seed=2)).any()
+
+
+def test_cluster_size_histogram_counts_clusters_in_doubling_bins():
+    # cluster 0 holds 3 images, 1 holds 1, 2 holds 2, 3 and 4 none; -1 (unreadable) is left out
+    assert cluster_size_log2_histogram([0, 0, 0, 1, 2, 2, -1], k=5) == [2, 1, 2]
+    # one cluster of 1,024 images: bin 11 holds sizes 1,024..2,047
+    assert cluster_size_log2_histogram([0] * 1024, k=1) == [0] * 11 + [1]
+    assert cluster_size_log2_histogram([], k=3) == [3]
+    # every cluster counted once, whatever the sizes
+    sizes = np.random.default_rng(0).integers(0, 50, size=1000)
+    assert sum(cluster_size_log2_histogram(sizes, k=50)) == 50

@@ -142,3 +142,21 @@ def uniform_cluster_indices(assignments, num_samples: int | None = None, seed: i
     pooled = np.concatenate([rng.choice(m, per_cluster, replace=len(m) < per_cluster) for m in members])
     rng.shuffle(pooled)
     return pooled[:num_samples]
+
+
+# ------------------------------------------------------------------------------------------
+# What the clustering methods log each epoch: how the images spread over the clusters
+# ------------------------------------------------------------------------------------------
+
+CLUSTER_SIZES_KEY = "cluster_size_log2_hist"
+
+
+def cluster_size_log2_histogram(assignments, k: int) -> list[int]:
+    """How many of the ``k`` clusters hold how many images, in doubling bins: entry 0 counts the
+    empty clusters, entry i >= 1 those holding ``2**(i-1)`` to ``2**i - 1`` images. A few dozen
+    numbers at any k (a per-cluster list at k = 10,000 would swell metrics.jsonl), enough to see
+    a collapse into a few huge clusters. Images with a negative id (unreadable) are left out."""
+    labels = np.asarray(assignments, dtype=np.int64)
+    sizes = np.bincount(labels[labels >= 0], minlength=k)[:k]
+    bit_lengths = np.frexp(sizes.astype(np.float64))[1]  # 0 -> 0, 1 -> 1, 2..3 -> 2, 4..7 -> 3, ...
+    return np.bincount(bit_lengths, minlength=1).tolist()

@@ -52,6 +52,11 @@ HF_DATASETS = {"ImageNet-1k": "ILSVRC/imagenet-1k", "Fashion-MNIST": "zalando-da
 # sslzoo's task names -> Hub task ids. The Hub has no retrieval or clustering task: retrieval embeds
 # images (feature extraction), clustering assigns classes without labels (classification).
 HF_TASKS = {"image-retrieval": "image-feature-extraction", "image-clustering": "image-classification"}
+# Pictures `zoo report --all` draws into MODEL_CARDS/pictures/<name>/, in the order a card shows them.
+PICTURES_DIRNAME = "pictures"
+PICTURES = (("conv1_filters.png", "first-layer filters beside those of a random-init network"),
+            ("probe_curves.png", "per-layer scores beside random init"),
+            ("retrieval_grid.png", "copy-detection queries and their top hits"))
 _COLOURS = {"rgb": "RGB", "bgr": "BGR (channel order reversed, as Caffe models expect)",
             "lab": "CIE Lab (L in 0..100, a and b around -128..127)",
             "grey": "grey, ITU-R BT.601 luma (0.299 R + 0.587 G + 0.114 B)"}
@@ -180,7 +185,8 @@ def render_card(name: str, *, results: Any = _MISSING, cards_dir: str | os.PathL
     index = _model_index(name, ours, entry.paper_results)
     if index:
         data["model-index"] = index
-    body = "\n\n".join(_sections(entry, results, ours, ours_note, ckpt)) + "\n"
+    pictures = [] if ckpt else _pictures(name, cards_dir)
+    body = "\n\n".join(_sections(entry, results, ours, ours_note, ckpt, pictures)) + "\n"
     return _card_class()(f"---\n{yaml_dump(data, sort_keys=False).strip()}\n---\n\n{body}")
 
 
@@ -295,8 +301,21 @@ def _label(r: Result) -> str:
 # The sections
 # ----------------------------------------------------------------------------------------------
 
+def _pictures(name: str, cards_dir: str | os.PathLike | None) -> list[tuple[str, str]]:
+    """(file, what it shows) of the pictures of ``name`` present in ``CARDS/pictures/<name>/``."""
+    folder = Path(cards_dir or default_cards_dir()) / PICTURES_DIRNAME / name
+    return [(file, text) for file, text in PICTURES if (folder / file).is_file()]
+
+
+def _pictures_section(name: str, pictures: list[tuple[str, str]]) -> str:
+    folder = f"{PICTURES_DIRNAME}/{name}"
+    shown = "\n\n".join(f"![{name}: {text}]({folder}/{file})" for file, text in pictures)
+    return (f"## Pictures\n\nDrawn from the shipped weights by `zoo report {name} -o MODEL_CARDS/{folder}` (all "
+            f"models: `zoo report --all`); [the captions]({folder}/index.html) say what each shows.\n\n{shown}")
+
+
 def _sections(entry: ModelEntry, results: dict | None, ours: list[Result], ours_note: str,
-              ckpt: _Checkpoint | None) -> list[str]:
+              ckpt: _Checkpoint | None, pictures: list[tuple[str, str]] = ()) -> list[str]:
     method = method_info(entry.method)
     name = entry.name
     arch_kwargs = dict(ckpt.config["arch_kwargs"]) if ckpt else dict(entry.arch_kwargs)
@@ -357,6 +376,8 @@ def _sections(entry: ModelEntry, results: dict | None, ours: list[Result], ours_
                "checked numerically against PyTorch; TensorRT engines are built from it on a GPU.")
 
     out.append(_results_section(entry, ours, ours_note, results_file))
+    if pictures:
+        out.append(_pictures_section(name, pictures))
 
     if ckpt:
         c = ckpt.config

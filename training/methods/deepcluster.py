@@ -31,7 +31,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.clustering import deepest_feature_dim, deepest_features, kmeans, pca_whiten_l2, uniform_cluster_indices
+from training.clustering import (CLUSTER_SIZES_KEY, cluster_size_log2_histogram, deepest_feature_dim, deepest_features,
+                                 kmeans, pca_whiten_l2, uniform_cluster_indices)
 from training.engine import FitContext
 from training.evaluation import nmi
 from training.methods.common import BackboneMethod, crop_flip_augment, training_set_features, unassigned
@@ -57,7 +58,7 @@ class DeepCluster(BackboneMethod, options=DeepClusterOptions):
         self.top_layer = nn.Linear(deepest_feature_dim(self.backbone), o.clusters)
         self.register_buffer("assignments", torch.empty(0, dtype=torch.long))  # cluster id per image
         self.register_buffer("previous", torch.empty(0, dtype=torch.long))     # the epoch before's
-        self.epoch_metrics: dict[str, float] = {}
+        self.epoch_metrics: dict[str, float | list[int]] = {}
 
     def train_transform(self):
         o = self.options
@@ -79,7 +80,8 @@ class DeepCluster(BackboneMethod, options=DeepClusterOptions):
         found = ctx.broadcast(found)
         new = torch.full_like(self.assignments, -1)  # unreadable images keep -1 and are never drawn
         new[index.to(new.device)] = torch.as_tensor(found.assignments, device=new.device)
-        metrics = {"kmeans_loss": found.loss, "empty_clusters_reseeded": float(found.reseeded)}
+        metrics = {"kmeans_loss": found.loss, "empty_clusters_reseeded": float(found.reseeded),
+                   CLUSTER_SIZES_KEY: cluster_size_log2_histogram(found.assignments, self.options.clusters)}
         before = self.assignments[index].cpu().numpy()
         if (before >= 0).all():  # not the first clustering
             metrics["nmi_previous"] = nmi(found.assignments, before)

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.clustering import deepest_feature_dim, deepest_features, kmeans, pca_whiten_l2, uniform_cluster_indices
+from training.clustering import (CLUSTER_SIZES_KEY, cluster_size_log2_histogram, deepest_feature_dim, deepest_features,
+                                 kmeans, pca_whiten_l2, uniform_cluster_indices)
 from training.engine import FitContext
 from training.evaluation import nmi
 from training.methods.common import BackboneMethod, crop_flip_augment, training_set_features, unassigned
@@ -105,7 +106,7 @@ class DeeperCluster(BackboneMethod, options=DeeperClusterOptions):
         self.sub_heads = nn.Linear(dim, self.super_classes * self.sub_classes)  # one classifier per super-class
         self.register_buffer("super_cluster", torch.empty(0, dtype=torch.long))
         self.register_buffer("sub_cluster", torch.empty(0, dtype=torch.long))
-        self.epoch_metrics: dict[str, float] = {}    # logged at this epoch's end
+        self.epoch_metrics: dict[str, float | list[int]] = {}    # logged at this epoch's end
         self.cluster_metrics: dict[str, float] = {}  # of the last clustering
 
     def train_transform(self):
@@ -130,11 +131,12 @@ class DeeperCluster(BackboneMethod, options=DeeperClusterOptions):
         self.sub_cluster.fill_(-1)
         self.super_cluster[index.to(top.device)] = top
         self.sub_cluster[index.to(top.device)] = low
+        flat = (top * self.sub_classes + low).cpu().numpy()
         if len(labels) and int(labels.min()) >= 0:
-            flat = (top * self.sub_classes + low).cpu().numpy()
             self.epoch_metrics = {"nmi_labels": nmi(flat, labels.numpy()),
                                   "nmi_super_labels": nmi(top.cpu().numpy(), labels.numpy())}
             self.cluster_metrics = dict(self.epoch_metrics)
+        self.epoch_metrics[CLUSTER_SIZES_KEY] = cluster_size_log2_histogram(flat, self.options.clusters)
         # nn.Linear's default initialisation, seeded by (seed, epoch) so that every DDP rank agrees.
         generator = torch.Generator().manual_seed(self.recipe.seed * 100_003 + ctx.epoch)
         with torch.no_grad():

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.clustering import deepest_feature_dim, deepest_features
+from training.clustering import CLUSTER_SIZES_KEY, cluster_size_log2_histogram, deepest_feature_dim, deepest_features
 from training.engine import FitContext
 from training.evaluation import nmi
 from training.methods.common import BackboneMethod, crop_flip_augment, training_set_features
@@ -122,7 +122,7 @@ class SeLa(BackboneMethod, options=SeLaOptions):
         dim = deepest_feature_dim(self.backbone)
         self.heads = nn.ModuleList(nn.Linear(dim, o.clusters) for _ in range(o.heads))
         self.register_buffer("labels", torch.empty(o.heads, 0, dtype=torch.long))  # (heads, images)
-        self.update_metrics: dict[str, float] = {}
+        self.update_metrics: dict[str, float | list[int]] = {}
         self._update_steps: set[int] | None = None
 
     def train_transform(self):
@@ -157,7 +157,9 @@ class SeLa(BackboneMethod, options=SeLaOptions):
         solved = ctx.broadcast(solved).to(self.labels.device)
         changed = float((self.labels[:, index] != solved).float().mean())
         self.labels[:, index] = solved
-        self.update_metrics = {"labels_changed": changed}
+        self.update_metrics = {"labels_changed": changed,
+                               CLUSTER_SIZES_KEY: cluster_size_log2_histogram(solved[0].cpu().numpy(),
+                                                                              self.options.clusters)}
         if len(true_labels) and int(true_labels.min()) >= 0:
             self.update_metrics["nmi_labels"] = nmi(solved[0].cpu().numpy(), true_labels.numpy())
 
