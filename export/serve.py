@@ -297,10 +297,7 @@ def create_app(service: Service):
     """The ASGI application over a loaded ``Service`` (closed when the application shuts down)."""
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
-    from starlette.concurrency import run_in_threadpool
-    from starlette.exceptions import HTTPException
+    from fastapi import FastAPI
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -308,6 +305,18 @@ def create_app(service: Service):
         service.close()
 
     app = FastAPI(title="sslzoo search", lifespan=lifespan, docs_url=None, redoc_url=None)
+    _add_error_handlers(app)
+    _add_api(app, service)
+    _add_pages(app, service)
+    app.add_middleware(lambda inner: _limited_uploads(inner, service.config.max_upload_bytes))
+    app.add_middleware(_timed)
+    return app
+
+
+def _add_error_handlers(app) -> None:
+    """Every refusal is ``{"error": "one line"}`` with its status."""
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
 
     @app.exception_handler(RequestError)
     async def refused(_request, err: RequestError):
@@ -321,21 +330,30 @@ def create_app(service: Service):
     async def failed(_request, err: ZooError):  # the model or index failed on a valid query (non-finite output)
         return JSONResponse({"error": str(err)}, status_code=500)
 
-    async def upload(request: Request) -> tuple[bytes, dict]:
-        """The image bytes (multipart field ``image``, or the whole body) and the other form fields."""
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            return await request.body(), {}
-        async with request.form(max_files=1, max_fields=8) as form:
-            image = form.get("image")
-            if image is None or isinstance(image, str):
-                raise RequestError(400, "send the image as the multipart file field 'image' "
-                                        "(curl -F image=@photo.jpg) or as the request body")
-            return await image.read(), {key: value for key, value in form.items() if isinstance(value, str)}
 
-    async def search(request: Request, row: np.ndarray, k: int) -> list[dict]:
-        _, hits, batch = await service.query(row, k)
-        request.scope["sslzoo.batch_size"] = batch
-        return hits
+async def _read_upload(request) -> tuple[bytes, dict]:
+    """The image bytes (multipart field ``image``, or the whole body) and the other form fields."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return await request.body(), {}
+    async with request.form(max_files=1, max_fields=8) as form:
+        image = form.get("image")
+        if image is None or isinstance(image, str):
+            raise RequestError(400, "send the image as the multipart file field 'image' "
+                                    "(curl -F image=@photo.jpg) or as the request body")
+        return await image.read(), {key: value for key, value in form.items() if isinstance(value, str)}
+
+
+async def _query(service: Service, request, row: np.ndarray, k: int):
+    """(embedding, neighbours) of a prepared row; the batch it shared goes into the request's log line."""
+    embedding, hits, batch = await service.query(row, k)
+    request.scope["sslzoo.batch_size"] = batch
+    return embedding, hits
+
+
+def _add_api(app, service: Service) -> None:
+    from fastapi import Request
+    from fastapi.responses import Response
+    from starlette.concurrency import run_in_threadpool
 
     @app.get("/health")
     async def health():
@@ -344,17 +362,31 @@ def create_app(service: Service):
     @app.post("/search")
     async def search_upload(request: Request):
         k = parse_k(request.query_params.get("k"))
-        data, _ = await upload(request)
-        hits = await search(request, await run_in_threadpool(service.decode_upload, data), k)
+        data, _ = await _read_upload(request)
+        _, hits = await _query(service, request, await run_in_threadpool(service.decode_upload, data), k)
         return {"k": k, "model": service.searcher.spec.model, "results": [neighbour_json(h) for h in hits]}
 
     @app.post("/embed")
     async def embed_upload(request: Request):
-        data, _ = await upload(request)
-        embedding, _, batch = await service.query(await run_in_threadpool(service.decode_upload, data), 0)
-        request.scope["sslzoo.batch_size"] = batch
+        data, _ = await _read_upload(request)
+        embedding, _ = await _query(service, request, await run_in_threadpool(service.decode_upload, data), 0)
         return {"model": service.searcher.spec.model, "dim": int(embedding.shape[0]),
                 "embedding": [float(v) for v in embedding]}
+
+    @app.get("/thumbnails/{row}")
+    async def thumbnail(row: str):
+        if not row.isdigit():
+            raise RequestError(404, f"no row {row[:40]!r} in the index: thumbnails are /thumbnails/ROW, ROW a number")
+        data = await run_in_threadpool(service.thumbnail, int(row))
+        return Response(data, media_type="image/jpeg", headers={"cache-control": "max-age=3600"})
+
+
+def _add_pages(app, service: Service) -> None:
+    """``GET /`` (``?id=ID&k=K``: search with an indexed image) and ``POST /`` (the upload form);
+    a refusal is shown in the page, with its status."""
+    from fastapi import Request
+    from fastapi.responses import HTMLResponse
+    from starlette.concurrency import run_in_threadpool
 
     def page(k: int, status: int = 200, **kwargs) -> HTMLResponse:
         return HTMLResponse(render_page(service.about, k, max_upload_mb=service.config.max_upload_bytes / 1e6,
@@ -369,7 +401,7 @@ def create_app(service: Service):
             if image_id is None:
                 return page(k)
             row = service.row_of(image_id)
-            hits = await search(request, await run_in_threadpool(service.decode_indexed, row), k)
+            _, hits = await _query(service, request, await run_in_threadpool(service.decode_indexed, row), k)
         except RequestError as err:
             return page(k, err.status, error=str(err))
         return page(k, query={"label": image_id, "src": thumbnail_url(row)}, results=hits)
@@ -378,25 +410,13 @@ def create_app(service: Service):
     async def upload_page(request: Request):
         k = DEFAULT_K
         try:
-            data, fields = await upload(request)
+            data, fields = await _read_upload(request)
             k = parse_k(fields.get("k"))
-            row = await run_in_threadpool(service.decode_upload, data)
-            hits = await search(request, row, k)
+            _, hits = await _query(service, request, await run_in_threadpool(service.decode_upload, data), k)
             picture = await run_in_threadpool(_upload_thumbnail, data)
         except RequestError as err:
             return page(k, err.status, error=str(err))
         return page(k, query={"label": "uploaded image", "src": picture}, results=hits)
-
-    @app.get("/thumbnails/{row}")
-    async def thumbnail(row: str):
-        if not row.isdigit():
-            raise RequestError(404, f"no row {row[:40]!r} in the index: thumbnails are /thumbnails/ROW, ROW a number")
-        data = await run_in_threadpool(service.thumbnail, int(row))
-        return Response(data, media_type="image/jpeg", headers={"cache-control": "max-age=3600"})
-
-    app.add_middleware(lambda inner: _limited_uploads(inner, service.config.max_upload_bytes))
-    app.add_middleware(_timed)
-    return app
 
 
 def _upload_thumbnail(data: bytes) -> str:
@@ -482,4 +502,10 @@ def serve_cmd(index_dir, host, port, workers, max_upload_mb, max_batch, batch_wa
         return
     service.close()  # each worker process loads its own
     os.environ[CONFIG_ENV] = json.dumps(asdict(config))
+    import inspect
+
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:  # uvicorn >= 0.30
+        # a worker answers the supervisor's pings only once Python is up; on a busy machine that and
+        # loading the model take longer than the default 5 s, and the worker was killed and restarted
+        common["timeout_worker_healthcheck"] = 120
     uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=workers, **common)
