@@ -3,10 +3,15 @@
 A model runs a batch of 16 images in much less than 16 times the time of one (the weights are read
 once, the matrix products are larger), so a service that embeds each request on its own wastes the
 CPU exactly when it is busiest. ``MicroBatcher`` puts each submitted item in a queue; one worker
-thread takes the first waiting item, gathers more for at most ``max_wait_s`` or until it holds
-``max_batch`` of them, and calls ``run(items) -> results`` once for all of them. Each submitter
-gets its own item's result (or the batch's exception) through a ``concurrent.futures.Future``,
-whose ``batch_size`` says how many items shared the call.
+thread takes the first waiting item and everything queued behind it, up to ``max_batch``, and
+calls ``run(items) -> results`` once for all of them. Each submitter gets its own item's result (or
+the batch's exception) through a ``concurrent.futures.Future``, whose ``batch_size`` says how many
+items shared the call.
+
+The worker waits for more items (at most ``max_wait_s``) only while some are known to be on their
+way: a request announces itself with ``coming()`` while it decodes its image. A lone request is
+never delayed, and a burst is gathered. (Waiting a fixed time instead cost every request the wait,
+and on a busy machine a sleeping thread wakes up much later than asked: bench/bench_serve.py.)
 
 The engine is only ever called from that one thread, so engines need not be thread-safe.
 """
@@ -17,6 +22,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import Any, Callable, Sequence
 
 _STOP = object()
@@ -30,6 +36,7 @@ class MicroBatcher:
         self.run, self.max_batch, self.max_wait_s = run, max_batch, max_wait_s
         self.batch_sizes: list[int] = []  # of every call so far, in order
         self._queue: queue.Queue = queue.Queue()
+        self._coming, self._lock = 0, threading.Lock()
         self._thread = threading.Thread(target=self._work, name="micro-batcher", daemon=True)
         if start:
             self.start()
@@ -37,6 +44,17 @@ class MicroBatcher:
     def start(self) -> None:
         """Start the worker (``start=False`` lets a caller queue items first, e.g. to see them batched)."""
         self._thread.start()
+
+    @contextmanager
+    def coming(self):
+        """Around the preparation of an item that will be submitted: the worker waits for it."""
+        with self._lock:
+            self._coming += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._coming -= 1
 
     def submit(self, item: Any) -> Future:
         future: Future = Future()
@@ -58,11 +76,16 @@ class MicroBatcher:
             batch = [first]
             deadline = time.monotonic() + self.max_wait_s
             while len(batch) < self.max_batch:
-                try:  # what is queued already is taken without waiting, even past the deadline
-                    entry = self._queue.get(timeout=max(0.0, deadline - time.monotonic())) \
-                        if deadline > time.monotonic() else self._queue.get_nowait()
+                try:  # what is queued already is taken without waiting
+                    entry = self._queue.get_nowait()
                 except queue.Empty:
-                    break
+                    remaining = deadline - time.monotonic()
+                    if self._coming <= 0 or remaining <= 0:
+                        break
+                    try:
+                        entry = self._queue.get(timeout=min(remaining, 0.001))  # and re-check who is coming
+                    except queue.Empty:
+                        continue
                 if entry is _STOP:
                     stopping = True
                     break

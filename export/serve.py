@@ -185,8 +185,13 @@ class Service:
                 hits[i] = found
         return [(embeddings[i], hits[i]) for i in range(len(items))]
 
-    async def query(self, row: np.ndarray, k: int) -> tuple[np.ndarray, list | None, int]:
-        """(embedding, neighbours or None for k=0, how many queries shared the engine call)."""
+    async def query(self, prepare, k: int) -> tuple[np.ndarray, list | None, int]:
+        """(embedding, neighbours or None for k=0, how many queries shared the engine call) of the
+        row that ``prepare()`` decodes (in a thread; the batcher knows it is coming meanwhile)."""
+        from starlette.concurrency import run_in_threadpool
+
+        with self.batcher.coming():
+            row = await run_in_threadpool(prepare)
         future = self.batcher.submit((row, k))
         embedding, hits = await asyncio.wrap_future(future)
         return embedding, hits, future.batch_size
@@ -343,9 +348,10 @@ async def _read_upload(request) -> tuple[bytes, dict]:
         return await image.read(), {key: value for key, value in form.items() if isinstance(value, str)}
 
 
-async def _query(service: Service, request, row: np.ndarray, k: int):
-    """(embedding, neighbours) of a prepared row; the batch it shared goes into the request's log line."""
-    embedding, hits, batch = await service.query(row, k)
+async def _query(service: Service, request, prepare, k: int):
+    """(embedding, neighbours) of the row ``prepare()`` decodes; the batch it shared goes into the
+    request's log line."""
+    embedding, hits, batch = await service.query(prepare, k)
     request.scope["sslzoo.batch_size"] = batch
     return embedding, hits
 
@@ -363,13 +369,13 @@ def _add_api(app, service: Service) -> None:
     async def search_upload(request: Request):
         k = parse_k(request.query_params.get("k"))
         data, _ = await _read_upload(request)
-        _, hits = await _query(service, request, await run_in_threadpool(service.decode_upload, data), k)
+        _, hits = await _query(service, request, lambda: service.decode_upload(data), k)
         return {"k": k, "model": service.searcher.spec.model, "results": [neighbour_json(h) for h in hits]}
 
     @app.post("/embed")
     async def embed_upload(request: Request):
         data, _ = await _read_upload(request)
-        embedding, _ = await _query(service, request, await run_in_threadpool(service.decode_upload, data), 0)
+        embedding, _ = await _query(service, request, lambda: service.decode_upload(data), 0)
         return {"model": service.searcher.spec.model, "dim": int(embedding.shape[0]),
                 "embedding": [float(v) for v in embedding]}
 
@@ -401,7 +407,7 @@ def _add_pages(app, service: Service) -> None:
             if image_id is None:
                 return page(k)
             row = service.row_of(image_id)
-            _, hits = await _query(service, request, await run_in_threadpool(service.decode_indexed, row), k)
+            _, hits = await _query(service, request, lambda: service.decode_indexed(row), k)
         except RequestError as err:
             return page(k, err.status, error=str(err))
         return page(k, query={"label": image_id, "src": thumbnail_url(row)}, results=hits)
@@ -412,7 +418,7 @@ def _add_pages(app, service: Service) -> None:
         try:
             data, fields = await _read_upload(request)
             k = parse_k(fields.get("k"))
-            _, hits = await _query(service, request, await run_in_threadpool(service.decode_upload, data), k)
+            _, hits = await _query(service, request, lambda: service.decode_upload(data), k)
             picture = await run_in_threadpool(_upload_thumbnail, data)
         except RequestError as err:
             return page(k, err.status, error=str(err))
@@ -485,7 +491,9 @@ def serve_cmd(index_dir, host, port, workers, max_upload_mb, max_batch, batch_wa
     image upload, and a search page at / (/?id=ID searches with an indexed image).
 
     The index and its model are loaded once per worker; relative image ids are read from the
-    current folder (start the service where `zoo extract` ran). Example:
+    current folder (start the service where `zoo extract` ran). Queries that arrive together share
+    one engine call. Bad requests get a one-line JSON error: 400 empty upload, 413 over
+    --max-upload-mb, 415 not an image, 422 bad k. Each request is logged with its time. Example:
     curl -F image=@query.jpg 'http://127.0.0.1:8000/search?k=5'
     """
     require_serve_packages()

@@ -297,6 +297,13 @@ def test_micro_batcher_runs_queued_items_in_one_call_and_gives_each_its_own_resu
     assert batcher.batch_sizes == [4, 2] and [f.batch_size for f in futures] == [4, 4, 4, 4, 2, 2]
     np.testing.assert_allclose(got, searcher.embed(np.stack(rows)), atol=1e-5)
 
+    sizes = MicroBatcher(lambda items: [len(items)] * len(items), max_batch=8, max_wait_s=600)
+    assert sizes.submit("alone").result(timeout=60) == 1  # nobody else on the way: no waiting
+    with sizes.coming():  # a request decoding its image: the worker waits for it
+        first, second = sizes.submit("first"), sizes.submit("second")
+    assert first.result(timeout=60) == second.result(timeout=60) == 2
+    sizes.close()
+
     def refuse(items):
         raise RequestError(500, "engine failed")
     failing = MicroBatcher(refuse, start=False)
