@@ -3,10 +3,10 @@
     python bench/bench_serve.py                                    # rotnet_nin_fmnist, 8 clients
     python bench/bench_serve.py --model random:sela_resnet50 --clients 16 --requests 96
 
-Builds an index of the shipped photos (`zoo extract MODEL` + `zoo index build`), starts two
+Builds an index of the shipped photos (`zoo extract MODEL` + `zoo index build`), starts three
 `zoo serve` processes on loopback over it, one with `--max-batch 1` (every request its own engine
-call) and one with the defaults (`--max-batch 32 --batch-wait-ms 5`), then sends them the same
-load in alternating rounds, so that a burst of load from other processes hits both alike: CLIENTS
+call), one with the defaults (`--max-batch 32 --batch-wait-ms 5`) and one with `--batch-wait-ms 0`
+(only what is queued already is batched), then sends them the same load in alternating rounds, so that a burst of load from other processes hits both alike: CLIENTS
 threads, each posting REQUESTS/CLIENTS photos (small JPEGs of the model's input size, so that the
 engine rather than JPEG decoding is what is measured) to `POST /search?k=5` one after another.
 The best round of each is kept. Prints the CPU (model name and the flags that matter for
@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=64, help="per round and service")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="each service's --threads [default: its own]")
     args = parser.parse_args()
 
     from PIL import Image
@@ -118,8 +119,10 @@ def main() -> None:
             images.append(buffer.getvalue())
         _zoo("extract", args.model, str(work / "photos"), "-o", str(work / "emb"), "--no-progress")
         _zoo("index", "build", str(work / "emb"), "-o", str(work / "ix"))
-        settings = {"max-batch 1": ["--max-batch", "1"], "micro-batched (defaults)": []}
-        servers = {name: _start(work / "ix", work / f"{i}.log", extra) for i, (name, extra) in enumerate(settings.items())}
+        settings = {"max-batch 1": ["--max-batch", "1"], "micro-batched (defaults)": [],
+                    "batch-wait-ms 0": ["--batch-wait-ms", "0"]}
+        threads = ["--threads", str(args.threads)] if args.threads else []
+        servers = {name: _start(work / "ix", work / f"{i}.log", extra + threads) for i, (name, extra) in enumerate(settings.items())}
         try:
             best = dict.fromkeys(settings, 0.0)
             for name, (_, base) in servers.items():  # warm-up
@@ -134,12 +137,15 @@ def main() -> None:
         batches = [int(b) for b in re.findall(r"\(batch of (\d+)\)", (work / "1.log").read_text())]
     command = " ".join(["python", "bench/bench_serve.py", *sys.argv[1:]])
     print(f"command: {command}\nCPU: {_cpu()}\nmodel {args.model}, {size}x{size} JPEG uploads, {args.clients} clients, "
-          f"{args.requests} requests per round, best of {args.rounds} alternating rounds")
+          f"{args.requests} requests per round, best of {args.rounds} alternating rounds, "
+          f"{args.threads or 'default'} engine threads")
     for name, rate in best.items():
         print(f"  {name:26s} {rate:8.1f} requests/s")
-    first, second = best.values()
-    print(f"micro-batched / max-batch 1: {second / first:.2f}x; mean batch of the micro-batched service "
-          f"{sum(batches) / max(1, len(batches)):.1f} over {len(batches)} searches")
+    unbatched = best["max-batch 1"]
+    print("vs max-batch 1: " + ", ".join(f"{name} {rate / unbatched:.2f}x" for name, rate in best.items()
+                                         if name != "max-batch 1")
+          + f"; mean batch of the service with the defaults {sum(batches) / max(1, len(batches)):.1f} over "
+          f"{len(batches)} searches")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Micro-batching: requests that arrive together share one engine call.
 
-A model runs a batch of 16 images in much less than 16 times the time of one (the weights are read
-once, the matrix products are larger), so a service that embeds each request on its own wastes the
-CPU exactly when it is busiest. ``MicroBatcher`` puts each submitted item in a queue; one worker
+A network reads its weights once per call and runs larger matrix products on a batch, so a
+service that embeds each request on its own can waste the machine when it is busiest; whether
+batching pays depends on the model and the machine (``bench/bench_serve.py`` measures it, and
+``--max-batch 1`` turns it off). ``MicroBatcher`` puts each submitted item in a queue; one worker
 thread takes the first waiting item and everything queued behind it, up to ``max_batch``, and
 calls ``run(items) -> results`` once for all of them. Each submitter gets its own item's result (or
 the batch's exception) through a ``concurrent.futures.Future``, whose ``batch_size`` says how many
@@ -10,8 +11,7 @@ items shared the call.
 
 The worker waits for more items (at most ``max_wait_s``) only while some are known to be on their
 way: a request announces itself with ``coming()`` while it decodes its image. A lone request is
-never delayed, and a burst is gathered. (Waiting a fixed time instead cost every request the wait,
-and on a busy machine a sleeping thread wakes up much later than asked: bench/bench_serve.py.)
+never delayed, and a burst is gathered.
 
 The engine is only ever called from that one thread, so engines need not be thread-safe.
 """
