@@ -16,7 +16,6 @@ from zoo.fileset import owner_tag, remove_abandoned
 from zoo.cli import (NON_EMPTY, OutputPath, complete_model_or_path, no_progress_option, progress_wanted,
                      renamed)
 
-from export.embedding import model_state_dict_sha256
 from export.options import ENGINES, HNSW_M, INPUT_KINDS, MAX_BATCH, MAX_K, MAX_THREADS, OPSETS, POOLINGS, PROVIDERS
 
 
@@ -222,6 +221,7 @@ def index_build_cmd(embeddings, out, index_type, whiten, recall_target, k, nlist
     """Build an index of the extraction folder EMBEDDINGS (from `zoo extract`)."""
     from export.extract import load_embeddings
     from export.index import BuildParams, build_and_tune, check_index_output, save_index
+    from export.query import model_file_sha256
 
     check_index_output(out)  # before minutes of building
     _set_faiss_threads(threads)
@@ -233,21 +233,13 @@ def index_build_cmd(embeddings, out, index_type, whiten, recall_target, k, nlist
                                  log=lambda m: click.echo(m))
     source = emb_meta.get("source")
     meta.update(count=len(ids), dim=int(emb.shape[1]), embeddings=str(Path(embeddings).resolve()),
-                model=emb_meta.get("model"), source=source, source_sha256=_file_sha256(source))
+                model=emb_meta.get("model"), source=source, source_sha256=model_file_sha256(source))
     save_index(out, index, ids, meta)
     tuning = meta.get("tuning")
     click.echo(f"wrote {meta['type']} index {out} ({len(ids)} vectors; search parameters "
                f"{meta['search_params'] or 'none (exact)'})"
                + (f"; recall@{tuning['k']} {tuning['recall']:.3f} at {tuning['speedup']:.1f}x exact QPS"
                   if tuning else ""))
-
-
-def _file_sha256(source: str | None) -> str | None:
-    """sha256 of the ONNX file that made the embeddings (None for a registry name or folder)."""
-    from export.engines import is_onnx_file
-    from zoo.fileset import sha256_file
-
-    return sha256_file(source) if source and is_onnx_file(source) and Path(source).is_file() else None
 
 
 def _set_faiss_threads(threads):
@@ -265,30 +257,15 @@ def _set_faiss_threads(threads):
 @_threads_option
 def search_cmd(index_dir, images, k, as_json, threads):
     """Find the K nearest images in INDEX_DIR for each query IMAGE (embedded by the index's model)."""
-    from export.engines import is_onnx_file, open_engine
-    from export.extract import decode, escape_id
-    from export.index import load_index, search
+    from export.extract import escape_id
+    from export.query import open_indexed_model
 
     _refuse_empty(images=images)
     _set_faiss_threads(threads)
-    index, ids, meta = load_index(index_dir)
-    source, model = meta.get("source"), meta.get("model") or {}
-    if not source:
-        raise UsageError(f"{index_dir} does not say which model made its embeddings; rebuild it from a `zoo extract` folder")
-    if is_onnx_file(source) and not Path(source).is_file():
-        raise UsageError(f"the index's model {source} is gone; re-export it or rebuild the index")
-    if meta.get("source_sha256") and _file_sha256(source) != meta["source_sha256"]:
-        raise UsageError(f"the index's model {source} was replaced since {index_dir} was built (another export or "
-                         "extraction); rebuild the index from embeddings of that model")
-    engine = open_engine(source, engine="onnx" if is_onnx_file(source) else "torch", layer=None if is_onnx_file(source)
-                         else model.get("layer"), pool=model.get("pool") if model.get("pool") in POOLINGS else "avg",
-                         input_kind=model.get("input_kind", "uint8"), threads=threads)
-    recorded = model_state_dict_sha256(model)
-    if recorded and engine.spec.state_dict_sha256 != recorded:
-        raise UsageError(f"the model at {source} has other weights than the one that built {index_dir}; rebuild the index")
-    rows, names, results = [], [], []
+    searcher = open_indexed_model(index_dir, threads=threads)
+    rows, names = [], []
     for path in images:
-        image, reason = decode(str(path), engine.spec.input, engine.spec.input_kind)
+        image, reason = searcher.decode(str(path))
         if image is None:
             click.echo(f"warning: skipped query {escape_id(str(path))}: {escape_id(' '.join(reason.split()))}", err=True)
             continue
@@ -297,9 +274,8 @@ def search_cmd(index_dir, images, k, as_json, threads):
     if not rows:
         raise UsageError("none of the query images could be read")
 
-    scores, found = search(index, engine.embed(np.stack(rows)), k, names=names)
-    for name, sc, fo in zip(names, scores, found):
-        results.append({"query": name, "results": [{"id": ids[j], "score": float(s)} for s, j in zip(sc, fo) if j >= 0]})
+    results = [{"query": name, "results": [{"id": hit["id"], "score": hit["score"]} for hit in hits]}
+               for name, hits in zip(names, searcher.search(np.stack(rows), k, names))]
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return

@@ -156,12 +156,13 @@ def shard_path(out: Path, index: int) -> Path:
     return out / SHARDS / f"shard-{index:05d}.npz"
 
 
-def decode(path: str, spec, input_kind: str) -> tuple[np.ndarray | None, str]:
-    """(prepared image, "") or (None, reason): a bad file is a row in failed.tsv, not a crash."""
+def decode(path, spec, input_kind: str, name: str | None = None) -> tuple[np.ndarray | None, str]:
+    """(prepared image, "") or (None, reason): a bad file is a row in failed.tsv, not a crash.
+    ``path`` may be a binary file object (an upload), which the reason calls ``name``."""
     from zoo.photos import read_image
 
     try:
-        return prepare_image(read_image(path), spec, input_kind), ""
+        return prepare_image(read_image(path, name), spec, input_kind), ""
     except ZooError as err:
         return None, str(err)
     except Exception as err:  # a decoder bug on a hostile file must not stop a million-image run

@@ -80,6 +80,8 @@ BAD_OPTIONS = [
     (("index", "build", "emb", "-o", ""), "is empty"),
     (("index", "build", "emb", "-o", "//"), "must not be the root folder"),
     (("search", "ix", "q.jpg", "-k", "0"), "'--k': 0 is not in the range"),
+    (("serve", "ix", "--port", "0"), "'--port': 0 is not in the range"),
+    (("serve", "ix", "--max-upload-mb", "0"), "'--max-upload-mb': 0.0 is not in the range"),
     (("export", "random:rotnet_nin_fmnist", "--onnx", "--opset", "99"), "'--opset': 99 is not in the range"),
     (("export", "random:rotnet_nin_fmnist", "--onnx", "-o", ""), "is empty"),
     (("train", "rotnet", "--recipe", "tiny", "--out", ""), "'--out': is empty"),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -99,9 +100,10 @@ def pil_to_rgb8(img, what: str = "image") -> np.ndarray:
     return _to_rgb8(img)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to an (H, W, 3) uint8 RGB array, upright (EXIF orientation applied);
-    a one-line ZooError if it is unreadable, too large or too elongated."""
+def read_image(path: str | Path | BinaryIO, name: str | None = None) -> np.ndarray:
+    """Decode an image file (a path, or a binary file object such as an upload's bytes in a
+    ``BytesIO``; ``name`` is what the messages call it) to an (H, W, 3) uint8 RGB array, upright
+    (EXIF orientation applied); a one-line ZooError if it is unreadable, too large or too elongated."""
     import warnings
 
     from PIL import Image, UnidentifiedImageError
@@ -110,13 +112,17 @@ def read_image(path: str | Path) -> np.ndarray:
     if not _QUIETED:  # Pillow warns above its own limit; ours is lower and an error (set once per process:
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # catch_warnings is not
         _QUIETED = True  # thread-safe, and extraction decodes in threads)
+    what = path if name is None else name
     try:
         with Image.open(path) as img:
-            return pil_to_rgb8(img, f"image {path}")
+            return pil_to_rgb8(img, f"image {what}")
     except FileNotFoundError:
-        raise ZooError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ZooError(f"cannot read image {path}: {err}") from None
+        raise ZooError(f"image not found: {what}") from None
+    except UnidentifiedImageError as err:  # Pillow names a file object by its repr (an address): say it plainly
+        reason = err if isinstance(path, (str, Path)) else "not an image file, or a format Pillow cannot read"
+        raise ZooError(f"cannot read image {what}: {reason}") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ZooError(f"cannot read image {what}: {err}") from None
 
 
 def load_photo(name: str) -> np.ndarray:
