@@ -87,9 +87,17 @@ class MixupState(nn.Module):
         self.epoch.fill_(ctx.step / max(ctx.steps_per_epoch, 1))
 
     def draw(self, n: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, float]:
-        on = float(torch.rand(())) < self.schedule.probability(float(self.epoch), self.total_epochs)
-        if not on or n < 2:
-            return torch.arange(n, device=device), 1.0
-        alpha = torch.tensor(self.schedule.alpha)
-        lam = float(torch.distributions.Beta(alpha, alpha).sample())
-        return torch.randperm(n).to(device), lam
+        partner, lam = draw_mixup(self.schedule, float(self.epoch), self.total_epochs, n)
+        return partner.to(device), lam
+
+
+def draw_mixup(schedule: MixupWithoutHesitation, epoch: float, total_epochs: float,
+               n: int) -> tuple[torch.Tensor, float]:
+    """One batch of ``n`` rows at fractional ``epoch``: ``(partner, lam)`` -- a random permutation and
+    ``lam ~ Beta(alpha, alpha)`` with the schedule's probability, else the identity and 1 (also for
+    fewer than two rows). Uses the global torch generator."""
+    on = float(torch.rand(())) < schedule.probability(epoch, total_epochs)
+    if not on or n < 2:
+        return torch.arange(n), 1.0
+    alpha = torch.tensor(schedule.alpha)
+    return torch.randperm(n), float(torch.distributions.Beta(alpha, alpha).sample())
