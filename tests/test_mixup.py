@@ -58,8 +58,7 @@ def test_the_linear_probe_learns_with_mixup_and_plain_training_is_unchanged():
 
 
 @pytest.mark.parametrize("method, model_kwargs", [("multigrain", {"gather_excite": "theta", "ge_extent": 8}),
-                                                  ("proxynca", {"gather_excite": "theta-minus"}),
-                                                  ("s4l", {})])
+                                                  ("s4l", {"gather_excite": "theta-minus"})])
 def test_tiny_recipes_train_with_mixup_and_gather_excite(method, model_kwargs, tmp_path):
     module = method_module(method)
     recipe = module.RECIPES["tiny"]
@@ -69,4 +68,4 @@ def test_tiny_recipes_train_with_mixup_and_gather_excite(method, model_kwargs, t
     state = torch.load(sorted((tmp_path / "checkpoints").glob("*.pt"))[-1], weights_only=True)
     assert float(state["method"]["mixup.epoch"]) == 1.0  # the schedule saw the whole epoch
     reloaded = from_pretrained(result.model_dir)  # GE is recorded in config.json: it reloads as trained
-    assert any(isinstance(m, GatherExcite) for m in reloaded.modules()) == bool(model_kwargs)
+    assert any(isinstance(m, GatherExcite) for m in reloaded.modules())
