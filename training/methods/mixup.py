@@ -14,7 +14,7 @@ CIFAR-100, 100 epochs, ``--alpha 0.5``), written as fractions of the run:
   ``t`` it is in, falling from 1 at ``qT`` towards 0 at the end (0.1 in the last of the official
   100 epochs): the last stage turns into plain training gradually.
 
-A period is one epoch in the paper. The small recipes run 1-6 epochs, so they set ``period`` to a
+A period is one epoch in the authors' script. The small recipes run 1-6 epochs, so they set ``period`` to a
 fraction of an epoch: the schedule reads the run's fractional epoch, ``steps done / steps per
 epoch``, which the method keeps in a buffer (``MixupState``) so a resumed run carries on where it
 stopped.

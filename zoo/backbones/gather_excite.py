@@ -1,21 +1,22 @@
 """Gather-Excite (Hu, Shen, Albanie, Sun, Vedaldi, NeurIPS 2018, arXiv 1810.12348) for the ResNets.
 
-Facts used here, from the paper:
+Facts used here, as the paper describes its operators (its full text was not re-read for this
+module, so no section number is cited; the abstract is in the project's seeds):
 
 * a gather operator aggregates each channel over a spatial *extent* -- an ``e x e`` neighbourhood
   sampled every ``e`` pixels (extent ratio ``e``), or the whole map (global extent) -- and an
   excite operator resizes the gathered map back to the input's size, passes it through a sigmoid
-  and multiplies the input by it, channel by channel and position by position (Sec. 3);
+  and multiplies the input by it, channel by channel and position by position;
 * GE-theta-minus is parameter-free: the gather is average pooling, the resize nearest-neighbour
-  interpolation (Sec. 3, "parameter-free pairings"); with a global extent the gate is one number
+  interpolation (the "parameter-free" pairing); with a global extent the gate is one number
   per channel, ``sigmoid(mean of the channel)``;
-* GE-theta gathers with strided depth-wise convolutions instead (Sec. 3, "parameterised
-  pairings"); an extent of ``e = 2^k`` is ``k`` depth-wise 3x3 convolutions of stride 2. Each is
+* GE-theta gathers with strided depth-wise convolutions instead (the "parameterised
+  pairing"); an extent of ``e = 2^k`` is ``k`` depth-wise 3x3 convolutions of stride 2. Each is
   followed by BatchNorm, with a ReLU between consecutive ones (our reading; the paper's global
   GE-theta uses one depth-wise conv as large as the map, which ties the network to one input
   size, so only power-of-two extents are offered here);
 * in a ResNet the operator sits on the residual branch, after its last BatchNorm and before the
-  sum with the identity, as Squeeze-and-Excitation does (Sec. 4).
+  sum with the identity, as Squeeze-and-Excitation does.
 
 Built with ``gather_excite=None`` (the default) a ResNet is the plain one, key for key; GE-theta-minus
 adds no parameter or key, GE-theta adds ``layerN.M.ge.*`` keys.
