@@ -62,7 +62,7 @@ def test_the_linear_probe_learns_with_mixup_and_plain_training_is_unchanged():
 def test_tiny_recipes_train_with_mixup_and_gather_excite(method, model_kwargs, tmp_path):
     module = method_module(method)
     recipe = module.RECIPES["tiny"]
-    recipe = recipe.replace(model_kwargs={**recipe.model_kwargs, **model_kwargs},
+    recipe = recipe.replace(limit=4 * recipe.batch_size, model_kwargs={**recipe.model_kwargs, **model_kwargs},
                             options=dataclasses.replace(recipe.options, mixup=MixupWithoutHesitation(period=0.25)))
     result = fit(module.METHOD, recipe, tmp_path, progress=False)
     state = torch.load(sorted((tmp_path / "checkpoints").glob("*.pt"))[-1], weights_only=True)
