@@ -110,6 +110,8 @@ def train(method, recipe, data, out, resume, epochs, batch_size, limit, accumula
               help="kNN vote temperature (NPID: 0.07).")
 @click.option("--epochs", type=click.IntRange(min=1, max=1000), default=None, help="Linear-probe epochs (default 36).")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True, help="Data subsets, probe initialisation, k-means.")
+@click.option("--mixup", type=click.Choice(["none", "mwh"]), default="none", show_default=True,
+              help="linear protocol: train each probe with mixup without hesitation (mwh) on its pooled features.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON on stdout instead of the tables.")
 @click.option("--json-out", type=OutputPath(dir_okay=False, path_type=Path), default=None,
               help="Also write the results JSON to this file.")
@@ -121,7 +123,7 @@ def train(method, recipe, data, out, resume, epochs, batch_size, limit, accumula
 @click.option("--cards", "cards_alias", type=OutputPath(file_okay=False, path_type=Path), default=None, hidden=True)
 @no_progress_option
 def eval_cmd(models, protocol, data, layers, train_limit, val_size, test_limit, baseline_seeds, no_baseline, k,
-             temperature, epochs, seed, as_json, json_out, record, cards_dir, cards_alias, no_progress):
+             temperature, epochs, seed, mixup, as_json, json_out, record, cards_dir, cards_alias, no_progress):
     """Evaluate MODEL's frozen features, beside random-init models of the same architecture.
 
     MODEL: a checkpoint folder, a training run folder (its model/), a registry name or Hub repo id
@@ -137,8 +139,12 @@ def eval_cmd(models, protocol, data, layers, train_limit, val_size, test_limit, 
                          "baseline beside a trained model's (record a checkpoint folder)")
     layer_list = [s.strip() for s in layers.split(",") if s.strip()] if layers else None
     settings = evaluation.EvalSettings(train_limit=train_limit, val_size=val_size, test_limit=test_limit, k=k,
-                                       temperature=temperature, probe_epochs=epochs or 36, seed=seed)
+                                       temperature=temperature, probe_epochs=epochs or 36, seed=seed,
+                                       probe_mixup=None if mixup == "none" else mixup)
     protocols = [p.strip() for p in protocol.split(",") if p.strip()]
+    if settings.probe_mixup and not {"linear", "all"} & set(protocols):
+        raise UsageError(f"--mixup {mixup} trains the per-layer linear probe; add linear to --protocol "
+                         f"(got {protocol!r})")
     # "," would otherwise evaluate nothing and exit 0, or mean every layer
     if not protocols:
         raise UsageError(f"--protocol {protocol!r} names no protocol; choose from linear, linear-pool, knn, "

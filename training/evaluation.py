@@ -51,6 +51,7 @@ from torch.nn import functional as F
 from training.data import (SampleView, SkipCounter, describe, disjoint_subsets, iterate_batches, limit_dataset,
                            open_dataset)
 from training.clustering import kmeans
+from training.methods.mixup import MixupWithoutHesitation, draw_mixup, mix, mixed_loss
 from training.recipes import Schedule
 from training.transforms import eval_transform
 from zoo.errors import UsageError, ZooError
@@ -228,8 +229,11 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
                  num_classes: int, channels: int | None = None, epochs: int = 36, lr: float = 0.01,
                  milestones: Sequence[int] = (10, 20, 30), momentum: float = 0.9, weight_decay: float = 1e-5,
                  batch_size: int = 192, seed: int = 0, val_x: torch.Tensor | None = None,
-                 val_y: torch.Tensor | None = None) -> ProbeResult:
-    """Train BN(affine=False) + linear on frozen features; top-1 on the test (and validation) features."""
+                 val_y: torch.Tensor | None = None, mixup: MixupWithoutHesitation | None = None) -> ProbeResult:
+    """Train BN(affine=False) + linear on frozen features; top-1 on the test (and validation) features.
+
+    ``mixup``: train with mixup without hesitation on the probe's inputs (the frozen, pooled
+    features: the images are not mixed, their features are), epoch by epoch as the paper does."""
     torch.manual_seed(seed)
     probe = LinearProbe(channels or train_x.shape[1], train_x.shape[1], num_classes)
     opt = torch.optim.SGD(probe.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -244,7 +248,13 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
             idx = order[start:start + batch_size]
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
-            loss = F.cross_entropy(probe(train_x[idx]), train_y[idx])
+            x, y = train_x[idx], train_y[idx]
+            if mixup is None:
+                loss = F.cross_entropy(probe(x), y)
+            else:
+                partner, lam = draw_mixup(mixup, epoch, epochs, len(idx))
+                logits = probe(mix(x, partner, lam))
+                loss = mixed_loss(lambda target: F.cross_entropy(logits, target), y, partner, lam)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -395,6 +405,15 @@ class EvalSettings:
     probe_epochs: int = 36
     probe_dims: int = PROBE_DIMS
     seed: int = 0               # data subsets, probe initialisation, k-means
+    probe_mixup: str | None = None  # "mwh": the per-layer linear probe trains with mixup without hesitation
+
+    def probe_mixup_schedule(self) -> MixupWithoutHesitation | None:
+        return PROBE_MIXUP[self.probe_mixup] if self.probe_mixup else None
+
+
+# The linear probe's mixup schedules by name: "mwh" is mixup without hesitation with the authors'
+# settings (alpha 0.5, mixup to 60 % of the epochs, alternating to 90 %, then fading; one-epoch periods).
+PROBE_MIXUP = {"mwh": MixupWithoutHesitation()}
 
 
 @dataclass
@@ -494,7 +513,8 @@ def score_layers(feats: _Features, protocol: str, data: EvalData) -> Scores:
     for name in feats.layers:
         if protocol == "linear":
             res = linear_probe(train_x[name], train_y, test_x[name], test_y, classes, channels=feats.shapes[name][0],
-                               epochs=s.probe_epochs, seed=s.seed, val_x=val_x[name], val_y=val_y)
+                               epochs=s.probe_epochs, seed=s.seed, val_x=val_x[name], val_y=val_y,
+                               mixup=s.probe_mixup_schedule())
             out["top1"][name] = _pair(res.val_top1, res.top1, dims=res.dims)
         else:
             out["top1"][name] = _pair(
@@ -584,9 +604,20 @@ def _score_key(weights: dict[str, Any], model: nn.Module, protocol: str, layers:
 
     spec = {"weights": weights, "arch": model.entry.arch, "arch_kwargs": dict(getattr(model, "arch_kwargs", {})),
             "input": dataclasses.asdict(model.entry.input), "embedding": model.entry.embedding_layer,
-            "protocol": protocol, "layers": list(layers), "settings": dataclasses.asdict(settings), "data": data,
+            "protocol": protocol, "layers": list(layers), "settings": _settings_key(settings), "data": data,
             "version": PROTOCOL_VERSIONS[protocol], "torch": torch.__version__, "threads": torch.get_num_threads()}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=list).encode()).hexdigest()[:24]
+
+
+def _settings_key(settings: EvalSettings) -> dict[str, Any]:
+    """The settings as the score cache keys them: ``probe_mixup`` only when set, so that the scores
+    cached before it existed stay valid."""
+    import dataclasses
+
+    key = dataclasses.asdict(settings)
+    if key["probe_mixup"] is None:
+        del key["probe_mixup"]
+    return key
 
 
 def cached_scores(weights: dict[str, Any], make_model, protocols: Sequence[str], layers: Sequence[str],
@@ -654,13 +685,22 @@ def protocol_list(protocol: str) -> list[str]:
     return [protocol]
 
 
+def _mixup_text(settings: EvalSettings) -> str:
+    if not settings.probe_mixup:
+        return ""
+    m = settings.probe_mixup_schedule()
+    return (f"; mixup without hesitation on the pooled features: alpha {m.alpha:g}, every batch mixed up to "
+            f"{m.p:.0%} of the epochs, mixed and plain epochs alternating up to {m.q:.0%}, then fading out")
+
+
 def _protocol_text(protocol: str, settings: EvalSettings, train_desc: str, val_desc: str, dims: int | None = None,
                    weight_decay: float | None = None, bench: str = "") -> str:
     chosen = f"the layer is chosen on the validation split ({val_desc}), never on the test split"
     if protocol == "linear":
         return (f"linear probe on each frozen layer (pooled to about {settings.probe_dims:,} dims, BatchNorm without "
                 f"affine, linear layer; SGD momentum 0.9, wd 1e-5, batch 192, lr 0.01 /10 at epochs 10/20/30, "
-                f"{settings.probe_epochs} epochs; trained on {train_desc}, centre crops); {chosen}")
+                f"{settings.probe_epochs} epochs; trained on {train_desc}, centre crops{_mixup_text(settings)}); "
+                f"{chosen}")
     if protocol == "linear-pool":
         return (f"linear classifier on globally average-pooled features of the last stage ({dims} dims, standardised; "
                 f"multinomial logistic regression by L-BFGS, L2 weight chosen on the validation split ({val_desc}) "

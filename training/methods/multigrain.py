@@ -7,6 +7,12 @@ repeated augmentation (each image appears m = 3 times, differently augmented) so
 image has positives in its batch; negatives are picked by distance-weighted sampling. At test
 time, for inputs larger than the training ones, the GeM exponent is raised to p*, chosen on
 held-out training images at the test resolution.
+
+``MultiGrainOptions.mixup`` trains with mixup without hesitation (``training.methods.mixup``,
+recipe ``small-mwh``): all m copies of an image are mixed with the copies of the same partner at
+the same ratio, so they stay positives of each other for the margin loss, and the cross entropy
+is mixed. The recipes ``small-ge`` and ``small-ge-theta`` train the small ResNet with
+Gather-Excite (``zoo.backbones.gather_excite``) beside the plain ``small``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from training.data import limit_dataset
 from training.engine import FitContext
 from training.methods.common import BackboneMethod, grey_view
 from training.methods.heads import feature_dim
+from training.methods.mixup import MixupState, MixupWithoutHesitation, mix, mixed_loss
 from training.methods.views import ViewRecipe, Views
 from training.recipes import (SMALL_EMBEDDING, Optimizer, Schedule, method_recipes, paper_recipe,
                               small_recipe, tiny_recipe)
@@ -121,6 +128,7 @@ class MultiGrainOptions:
     test_size: int = 500                # resolution p* is chosen for (the paper's s* = 500)
     p_candidates: tuple[float, ...] = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 7.0, 8.0)
     p_images: int = 50_000              # training images scored for p* (the paper: 50 per class)
+    mixup: MixupWithoutHesitation | None = None  # mixup without hesitation; None: plain training
 
 
 class MultiGrain(BackboneMethod, options=MultiGrainOptions):
@@ -136,6 +144,7 @@ class MultiGrain(BackboneMethod, options=MultiGrainOptions):
         self.beta = nn.Parameter(torch.tensor(o.beta_init))
         # m independently augmented copies of every image, side by side in the batch
         self.views = Views(self.backbone.entry.input, [o.view] * o.repeats, o.batched_views)
+        self.mixup = MixupState(o.mixup, self.recipe.epochs) if o.mixup else None
 
     def train_transform(self):
         return self.views.transform()
@@ -149,9 +158,14 @@ class MultiGrain(BackboneMethod, options=MultiGrainOptions):
         x = torch.cat(self.views(batch["x"]))
         labels = batch["label"].repeat(o.repeats)
         instances = batch["index"].repeat(o.repeats)
+        n = len(batch["label"])
+        partner, lam = self.mixup.draw(n, x.device) if self.mixup is not None else (None, 1.0)
+        if lam != 1.0:  # copy r of image i with copy r of its partner
+            partner = torch.cat([partner + r * n for r in range(o.repeats)])
+            x = mix(x, partner, lam)
         embedding = self.embed(x.contiguous(memory_format=torch.channels_last)).float()
         logits = self.classifier(embedding)
-        classification = F.cross_entropy(logits, labels)
+        classification = mixed_loss(lambda y: F.cross_entropy(logits, y), labels, partner, lam)
         normalized = F.normalize(embedding, dim=1)
         anchors, positives, negatives = distance_weighted_sampling(normalized.detach(), instances)
         ranking = margin_loss(normalized[anchors], normalized[positives], normalized[negatives], self.beta, o.margin)
@@ -159,6 +173,10 @@ class MultiGrain(BackboneMethod, options=MultiGrainOptions):
         loss = w * classification + (1 - w) * ranking
         return {"loss": loss, "cross_entropy": classification.detach(), "margin": ranking.detach(),
                 "top1": (logits.argmax(1) == labels).float().mean(), "beta": self.beta.detach()}
+
+    def after_step(self, ctx: FitContext) -> None:
+        if self.mixup is not None:
+            self.mixup.after_step(ctx)
 
     def parameter_groups(self):
         # beta has its own optimiser in the official code: same learning rate, no weight decay
@@ -189,6 +207,13 @@ class MultiGrain(BackboneMethod, options=MultiGrainOptions):
 
 METHOD = MultiGrain
 
+# S3L scale: Fashion-MNIST 32x32 grey with its labels, the small ResNet, 10,000 images x 3
+# copies; p* is chosen for 48-pixel inputs (1.5 x the training size).
+_SMALL = dict(**SMALL_EMBEDDING, model="multigrain_resnet_small_fmnist", epochs=1, batch_size=64,
+              optimizer=Optimizer(lr=0.1, weight_decay=1e-4))
+_SMALL_OPTIONS = MultiGrainOptions(num_classes=10, test_size=48, p_images=2_000, batched_views=True,
+                                   view=grey_view(0.3, jitter_p=1.0))
+
 RECIPES = method_recipes(__name__, {
     # facebookresearch/multigrain README ("joint_3B_0.5") and scripts/train.py defaults: ResNet-50,
     # GeM p = 3, lambda = 0.5, repeated augmentation m = 3, batch 512 (here: 171 images x 3 copies =
@@ -202,14 +227,21 @@ RECIPES = method_recipes(__name__, {
         model="multigrain_resnet50", epochs=120, batch_size=171, optimizer=Optimizer(lr=0.2, weight_decay=1e-4),
         schedule=Schedule("step", milestones=(30, 60, 90)), options=MultiGrainOptions(),
         source="facebookresearch/multigrain README and scripts/train.py; Berman et al. 2019 (arXiv 1902.05509)"),
-    # S3L scale: Fashion-MNIST 32x32 grey with its labels, the small ResNet, 10,000 images x 3
-    # copies; p* is chosen for 48-pixel inputs (1.5 x the training size).
-    "small": small_recipe(
-        **SMALL_EMBEDDING, model="multigrain_resnet_small_fmnist", epochs=1, batch_size=64,
-        optimizer=Optimizer(lr=0.1, weight_decay=1e-4),
-        options=MultiGrainOptions(num_classes=10, test_size=48, p_images=2_000, batched_views=True,
-                                  view=grey_view(0.3, jitter_p=1.0)),
-        source="facebookresearch/multigrain, scaled down"),
+    "small": small_recipe(**_SMALL, options=_SMALL_OPTIONS, source="facebookresearch/multigrain, scaled down"),
+    # The same run with Gather-Excite in every block of the small ResNet (Hu et al. 2018): GE-theta-minus
+    # with a global extent (no parameters; the paper's best parameter-free setting), and GE-theta with
+    # extent 8 (three stride-2 depth-wise convolutions per block; +7,920 parameters).
+    "small-ge": small_recipe(**{**_SMALL, "model_kwargs": {"gather_excite": "theta-minus", "ge_extent": 0}},
+                             options=_SMALL_OPTIONS, source="facebookresearch/multigrain, scaled down; "
+                             "Gather-Excite theta-minus (Hu et al. 2018, arXiv 1810.12348)"),
+    "small-ge-theta": small_recipe(**{**_SMALL, "model_kwargs": {"gather_excite": "theta", "ge_extent": 8}},
+                                   options=_SMALL_OPTIONS, source="facebookresearch/multigrain, scaled down; "
+                                   "Gather-Excite theta, extent 8 (Hu et al. 2018, arXiv 1810.12348)"),
+    # Mixup without hesitation (Yu et al. 2021) over the one epoch of 156 steps: mixup for 60 %,
+    # on and off every 0.05 epoch (about 8 steps) up to 90 %, then fading out.
+    "small-mwh": small_recipe(**_SMALL, options=dataclasses.replace(
+        _SMALL_OPTIONS, mixup=MixupWithoutHesitation(period=0.05)),
+        source="facebookresearch/multigrain, scaled down; mixup without hesitation (Yu et al. 2021)"),
     "tiny": tiny_recipe(
         model="multigrain_resnet_small_fmnist", batch_size=12, limit=96, optimizer=Optimizer(lr=0.1, weight_decay=1e-4),
         options=MultiGrainOptions(num_classes=10, test_size=40, p_images=64, p_candidates=(1.0, 3.0, 5.0),
