@@ -879,6 +879,8 @@ def print_report(report: dict[str, Any]) -> None:
         if "baseline" in entry:
             line += (f"; random-init {_fmt(entry['baseline']['random-init'], entry.get('baseline_std', {}).get('random-init'))}"
                      + {True: " (beats it by > 2 std)", False: " (not by > 2 std)", None: ""}[entry.get("beats_baseline")])
+        if RAW_PIXELS in entry.get("baseline", {}):
+            line += f"; raw pixels {entry['baseline'][RAW_PIXELS]:.2f}"
         click.echo(line)
     if report["skipped_images"]:
         click.echo(f"skipped {report['skipped_images']} unreadable image(s)")
