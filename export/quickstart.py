@@ -97,8 +97,8 @@ def index_stage(ctx: Context) -> list[SummaryRow]:
 
 
 def search_stage(ctx: Context) -> list[SummaryRow]:
-    """Query the index with a new distorted copy of a held-out photo (one the quickstart's colour
-    model never trained on), as `zoo search` does."""
+    """Query the index with a new distorted copy of a held-out photo (``zoo.photos.HELDOUT_PHOTOS``:
+    one no colour-photo model trains on), as `zoo search` does."""
     from PIL import Image
 
     from zoo.photos import HELDOUT_PHOTOS, load_photo
@@ -121,8 +121,9 @@ def search_stage(ctx: Context) -> list[SummaryRow]:
     top = [(ids[j], float(s)) for s, j in zip(scores[0], found[0])]
     click.echo(f"[search] {path.name}: " + ", ".join(f"{Path(i).name} ({s:.3f})" for i, s in top))
     hit = name in Path(top[0][0]).name
-    # A miss is a property of the model, not of the pipeline: the index row above gives its copy-detection mAP.
-    verdict = "the same photo" if hit else "a different photo"
+    # A miss is a property of the model, not of the pipeline: the quickstart's shipped model saw only
+    # 32-pixel grey garments, and the index row above gives its copy-detection mAP.
+    verdict = "the same photo" if hit else "a different photo: this small Fashion-MNIST model is weak on photos"
     return [SummaryRow("search", f"query {name}: top hit {Path(top[0][0]).name} ({verdict})",
                        time.perf_counter() - start)]
 
