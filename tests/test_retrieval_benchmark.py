@@ -224,3 +224,15 @@ def test_photo_tiles_cut_each_photo_into_a_grid_of_equal_tiles():
     assert all(t.shape == (100, 150, 3) for t in tiles.values())
     np.testing.assert_array_equal(tiles["p@1,2"], photo[100:200, 300:450])
     assert max(photo_tiles({"p": photo}, tiles=2, max_side=225)["p@0,0"].shape[:2]) == 112
+
+
+def test_raw_pixels_are_rgb_thumbnails_that_find_each_tile_itself():
+    from training.retrieval_benchmark import photo_tiles, raw_pixels
+    from zoo.photos import load_photo
+
+    tiles = list(photo_tiles({"coffee": load_photo("coffee")}, tiles=2, max_side=128).values())
+    x = raw_pixels(tiles, side=16)
+    assert x.shape == (4, 16 * 16 * 3)
+    metrics = benchmark_metrics(x, x, [np.array([i]) for i in range(4)])
+    assert metrics["map"] == 100.0 and metrics["r1"] == 100.0
+    assert not np.allclose(x[0], x[1])  # different tiles, different thumbnails
