@@ -45,7 +45,8 @@ def _complete_method(ctx, param, incomplete: str):
               help="paper (published hyperparameters, for torchrun on GPUs), small (2 CPU cores, minutes) "
                    "or tiny (seconds, for tests).")
 @click.option("--data", type=NON_EMPTY, default=None, help="Training data: a Fashion-MNIST IDX folder, CIFAR python folder, "
-              "ImageFolder tree or one image file; or fmnist, photos, photo-crops[:SIZE], photo:NAME, image:PATH. "
+              "ImageFolder tree or one image file; or fmnist, photos, photo-crops[:SIZE], photo:NAME, image:PATH, "
+              "training-photos (crops of the shipped photos that are not held out). "
               "Default: the recipe's.")
 @click.option("-o", "--out", type=OutputPath(file_okay=False, path_type=Path), default=None,
               help="Run folder (checkpoints, metrics.jsonl, model/). Default: runs/METHOD-RECIPE.")
