@@ -97,10 +97,11 @@ def index_stage(ctx: Context) -> list[SummaryRow]:
 
 
 def search_stage(ctx: Context) -> list[SummaryRow]:
-    """Query the index with a new distorted copy of a shipped photo, as `zoo search` does."""
+    """Query the index with a new distorted copy of a held-out photo (``zoo.photos.HELDOUT_PHOTOS``:
+    one no colour-photo model trains on), as `zoo search` does."""
     from PIL import Image
 
-    from zoo.photos import load_photos
+    from zoo.photos import HELDOUT_PHOTOS, load_photo
     from zoo.retrieval import distort
 
     from export.engines import OnnxRuntimeEngine
@@ -108,7 +109,8 @@ def search_stage(ctx: Context) -> list[SummaryRow]:
     from export.index import load_index, search
 
     start = time.perf_counter()
-    name, photo = next(iter(load_photos().items()))
+    name = HELDOUT_PHOTOS[0]
+    photo = load_photo(name)
     query = distort(photo, np.random.default_rng(123), ["crop", "colour", "jpeg"])
     path = ctx.out / f"query-{name}.jpg"
     Image.fromarray(query).save(path, quality=90)

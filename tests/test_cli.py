@@ -65,6 +65,8 @@ def test_quickstart_runs_on_shipped_photos(tmp_path):
                       "eval knn", "publish+load"]  # what a user does first comes first
     pretrained = next(line for line in summary if line.startswith("pretrained"))
     assert f"{QUICKSTART_MODEL}: shipped weights" in pretrained and "offline" in pretrained
+    search = next(line for line in summary if line.startswith("search"))
+    assert "query astronaut: top hit " in search, search  # a held-out photo: no colour model trained on it
 
 
 BAD_OPTIONS = [

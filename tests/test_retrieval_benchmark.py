@@ -184,3 +184,55 @@ def test_a_part_alone_scores_as_it_does_within_the_whole(test_bench):
     assert len(photos.database) == keep_db.sum() and photos.database_part.tolist() == ["photos"] * keep_db.sum()
     with pytest.raises(UsageError, match="no part 'cifar'"):
         benchmark_part(b, "cifar")
+
+
+# ---------------------------------------------------------------------------------------------
+# The colour-photo models' held-out photos
+# ---------------------------------------------------------------------------------------------
+
+def test_heldout_and_training_photos_are_a_fixed_disjoint_split_of_the_shipped_photos():
+    from zoo.photos import _SHIPPED, EXCLUDED_PHOTOS, HELDOUT_PHOTOS, TRAINING_PHOTOS
+
+    shipped = [name for _, _, name in _SHIPPED]
+    # fixed: the held-out photos are the colour models' test set and the quickstart's query
+    assert HELDOUT_PHOTOS == ("astronaut", "chelsea", "coffee", "motorcycle_left")
+    assert set(HELDOUT_PHOTOS).isdisjoint(TRAINING_PHOTOS) and set(EXCLUDED_PHOTOS).isdisjoint(TRAINING_PHOTOS)
+    assert sorted(HELDOUT_PHOTOS + EXCLUDED_PHOTOS + TRAINING_PHOTOS) == sorted(shipped)
+    assert len(TRAINING_PHOTOS) == 10
+    assert all(_SHIPPED[shipped.index(n)][0] == "skimage" for n in HELDOUT_PHOTOS)  # always installed
+
+
+def test_training_photos_data_never_crops_a_heldout_photo():
+    from training.data import open_dataset
+    from zoo.photos import HELDOUT_PHOTOS, training_photos
+
+    data = open_dataset("training-photos")
+    found = training_photos()
+    assert 1 <= len(data.images) == len(found) and not set(found) & set(HELDOUT_PHOTOS)
+    crop, label = SampleView(data, None, seed=0)[3][:2]
+    assert tuple(crop.shape) == (3, 64, 64) and crop.dtype.is_floating_point is False and label == -1
+    with pytest.raises(Exception, match="no held-out split"):
+        open_dataset("training-photos", "test")
+
+
+def test_photo_tiles_cut_each_photo_into_a_grid_of_equal_tiles():
+    from training.retrieval_benchmark import photo_tiles
+
+    photo = np.arange(300 * 450 * 3, dtype=np.uint32).reshape(300, 450, 3).astype(np.uint8)
+    tiles = photo_tiles({"p": photo}, tiles=3, max_side=450)
+    assert list(tiles) == [f"p@{r},{c}" for r in range(3) for c in range(3)]
+    assert all(t.shape == (100, 150, 3) for t in tiles.values())
+    np.testing.assert_array_equal(tiles["p@1,2"], photo[100:200, 300:450])
+    assert max(photo_tiles({"p": photo}, tiles=2, max_side=225)["p@0,0"].shape[:2]) == 112
+
+
+def test_raw_pixels_are_rgb_thumbnails_that_find_each_tile_itself():
+    from training.retrieval_benchmark import photo_tiles, raw_pixels
+    from zoo.photos import load_photo
+
+    tiles = list(photo_tiles({"coffee": load_photo("coffee")}, tiles=2, max_side=128).values())
+    x = raw_pixels(tiles, side=16)
+    assert x.shape == (4, 16 * 16 * 3)
+    metrics = benchmark_metrics(x, x, [np.array([i]) for i in range(4)])
+    assert metrics["map"] == 100.0 and metrics["r1"] == 100.0
+    assert not np.allclose(x[0], x[1])  # different tiles, different thumbnails

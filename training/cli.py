@@ -45,7 +45,8 @@ def _complete_method(ctx, param, incomplete: str):
               help="paper (published hyperparameters, for torchrun on GPUs), small (2 CPU cores, minutes) "
                    "or tiny (seconds, for tests).")
 @click.option("--data", type=NON_EMPTY, default=None, help="Training data: a Fashion-MNIST IDX folder, CIFAR python folder, "
-              "ImageFolder tree or one image file; or fmnist, photos, photo-crops[:SIZE], photo:NAME, image:PATH. "
+              "ImageFolder tree or one image file; or fmnist, photos, photo-crops[:SIZE], photo:NAME, image:PATH, "
+              "training-photos (crops of the shipped photos that are not held out). "
               "Default: the recipe's.")
 @click.option("-o", "--out", type=OutputPath(file_okay=False, path_type=Path), default=None,
               help="Run folder (checkpoints, metrics.jsonl, model/). Default: runs/METHOD-RECIPE.")
@@ -91,9 +92,10 @@ def train(method, recipe, data, out, resume, epochs, batch_size, limit, accumula
 @click.command("eval")
 @click.argument("models", metavar="MODEL...", nargs=-1, required=True, shell_complete=complete_model_or_path)
 @click.option("--protocol", type=NON_EMPTY, default="linear", show_default=True,
-              help="linear, linear-pool, knn, cluster, retrieval, a comma-separated list of them, or all.")
+              help="linear, linear-pool, knn, cluster, retrieval, a comma-separated list of them, or all; "
+                   "photo-retrieval (colour-photo models: copies of held-out photos, beside raw pixels) by name only.")
 @click.option("--data", type=NON_EMPTY, default=None, help="Labelled data with a train and a test split (default: Fashion-MNIST); "
-              "retrieval always uses its own copy-detection benchmark.")
+              "retrieval and photo-retrieval always use their own copy-detection benchmarks.")
 @click.option("--layers", type=NON_EMPTY, default=None, help="Comma-separated feature layers (default: all).")
 @click.option("--train-limit", type=click.IntRange(1, MAX_IMAGES), default=10_000, show_default=True,
               help="Fixed random subset of the train split (probe training / kNN memory).")
@@ -148,7 +150,7 @@ def eval_cmd(models, protocol, data, layers, train_limit, val_size, test_limit, 
     # "," would otherwise evaluate nothing and exit 0, or mean every layer
     if not protocols:
         raise UsageError(f"--protocol {protocol!r} names no protocol; choose from linear, linear-pool, knn, "
-                         "cluster, retrieval or all")
+                         "cluster, retrieval, photo-retrieval or all")
     if layers and not layer_list:
         raise UsageError(f"--layers {layers!r} names no layer; leave it out for all layers")
     report = evaluation.evaluate(models, protocols, data=data, layers=layer_list, settings=settings,

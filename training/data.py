@@ -218,7 +218,8 @@ class ImageList(Dataset):
 
 
 class SingleImageCrops(Dataset):
-    """Unlimited strongly augmented crops of one photo (Asano, Rupprecht, Vedaldi, arXiv 1904.13132).
+    """Unlimited strongly augmented crops of one photo (Asano, Rupprecht, Vedaldi, arXiv 1904.13132),
+    or of several: item ``i`` is then a crop of image ``i mod n``, so each is seen equally often.
 
     Each item is a new crop: a random crop of half the shorter side (so that the whole photo is
     used, not only its centre), a random-resized crop covering 1/500 to all of that area, a random
@@ -228,28 +229,30 @@ class SingleImageCrops(Dataset):
     ``length`` only sets how many crops make one epoch.
     """
 
-    def __init__(self, image: torch.Tensor, length: int = 50_000, size: int = 64, name: str = "photo"):
+    def __init__(self, image: torch.Tensor | Sequence[torch.Tensor], length: int = 50_000, size: int = 64,
+                 name: str = "photo"):
         from torchvision.transforms import v2
 
-        if image.dim() != 3 or image.dtype != torch.uint8:
-            raise UsageError("SingleImageCrops needs a (C, H, W) uint8 image")
-        self.image, self.length, self.size = image, int(length), int(size)
-        self.name = f"crops of single image {name} at {size}px"
+        self.images = [image] if isinstance(image, torch.Tensor) else list(image)
+        if not self.images or any(im.dim() != 3 or im.dtype != torch.uint8 for im in self.images):
+            raise UsageError("SingleImageCrops needs (C, H, W) uint8 images")
+        self.length, self.size = int(length), int(size)
+        self.name = (f"crops of single image {name} at {size}px" if len(self.images) == 1
+                     else f"crops of {len(self.images)} images ({name}) at {size}px")
         self.classes = ()
-        side = min(image.shape[1:])
-        self.augment = v2.Compose([
-            v2.RandomCrop(max(size, side // 2)),
-            v2.RandomResizedCrop(int(math.sqrt(2) * size), scale=(1 / 500, 1.0), antialias=True),
-            v2.RandomAffine(degrees=30, shear=30),
-            v2.CenterCrop(size),
-            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.5),
-        ])
+        tail = [v2.RandomResizedCrop(int(math.sqrt(2) * size), scale=(1 / 500, 1.0), antialias=True),
+                v2.RandomAffine(degrees=30, shear=30),
+                v2.CenterCrop(size),
+                v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.5)]
+        # the first crop's side depends on the photo: half its shorter side
+        self.augment = [v2.Compose([v2.RandomCrop(max(size, min(im.shape[1:]) // 2)), *tail]) for im in self.images]
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, i: int):
-        return self.augment(self.image), -1
+        k = i % len(self.images)
+        return self.augment[k](self.images[k]), -1
 
 
 def is_colour(image: torch.Tensor, tolerance: int = 2) -> bool:
@@ -351,7 +354,8 @@ def describe(dataset: Dataset) -> str:
 # --data strings
 # ---------------------------------------------------------------------------------------------
 
-KINDS = ("fmnist", "cifar", "folder", "photos", "photo-crops", "image", "photo")
+TRAINING_PHOTO_SIDE = 512
+KINDS = ("fmnist", "cifar", "folder", "photos", "photo-crops", "image", "photo", "training-photos")
 
 
 def _check_split(split: str, allowed: Sequence[str]) -> str:
@@ -377,7 +381,7 @@ def parse_data_spec(spec: str | None) -> tuple[str, str | None]:
     """``"kind:arg"`` or a bare path -> (kind, arg). None means Fashion-MNIST at its default path."""
     if spec is None or spec in ("fmnist", "fashion-mnist"):
         return "fmnist", None
-    if spec in ("photos", "photo-crops"):
+    if spec in ("photos", "photo-crops", "training-photos"):
         return spec, None
     kind, sep, arg = spec.partition(":")
     if sep and kind in KINDS:
@@ -401,7 +405,9 @@ def open_dataset(spec: str | None, split: str = "train", single_image_length: in
     Forms: a path (Fashion-MNIST IDX folder, CIFAR python folder, ImageFolder tree, or one image
     file for single-image training), ``fmnist[:PATH]``, ``cifar:PATH``, ``folder:PATH``,
     ``photos`` (all shipped photos), ``photo-crops[:SIZE]`` (random crops of the shipped colour photos,
-    32 pixels unless SIZE says), ``photo:NAME`` or ``image:PATH`` (single-image crops).
+    32 pixels unless SIZE says), ``photo:NAME`` or ``image:PATH`` (single-image crops),
+    ``training-photos`` (single-image crops of each photo in ``zoo.photos.TRAINING_PHOTOS``, never
+    of the held-out ones).
     An ImageFolder with ``train/`` and ``val/`` (or ``test/``) sub-folders serves both splits.
     """
     kind, arg = parse_data_spec(spec)
@@ -427,6 +433,23 @@ def open_dataset(spec: str | None, split: str = "train", single_image_length: in
         if split == "test":
             raise DataError("photo-crops has no held-out split; evaluate on another --data")
         return PhotoCrops(single_image_length, _crop_size(arg))
+    if kind == "training-photos":
+        if split == "test":
+            raise DataError("training-photos has no held-out split; the held-out photos are measured by "
+                            "`zoo eval --protocol photo-retrieval`")
+        from zoo.photos import training_photos
+
+        photos = training_photos()
+        if not photos:
+            raise DataError("no shipped training photo found (install scikit-image)")
+        from torchvision.transforms.v2 import functional as TF
+
+        # at most 512 px per side: crops of a 1,400-pixel retina cost 10x more and see no more detail
+        # at 64 px than those of a 512-pixel one
+        images = [TF.resize(torch.from_numpy(p).permute(2, 0, 1).contiguous(), None, max_size=TRAINING_PHOTO_SIDE,
+                            antialias=True) if max(p.shape[:2]) > TRAINING_PHOTO_SIDE
+                  else torch.from_numpy(p).permute(2, 0, 1).contiguous() for p in photos.values()]
+        return SingleImageCrops(images, single_image_length, single_image_size, ", ".join(photos))
     if kind in ("image", "photo"):
         if split == "test":
             raise DataError("single-image data has no held-out split; evaluate on another --data")

@@ -28,6 +28,10 @@ checkpoints of the test score at each one's chosen layer, with the sample standa
 * ``retrieval``: ``training.retrieval_benchmark`` (distorted copies of held-out images as queries,
   their originals among distractors), mAP and recall@1 with bootstrap intervals; the layer is
   chosen on the benchmark's validation variant.
+* ``photo-retrieval`` (for colour-photo models; not part of ``all``): the same metrics on
+  ``heldout_photo_benchmark``, copies of tiles of the held-out photos only, the layer chosen on its
+  variant built from the training photos; raw pixels (16x16 RGB thumbnails) are scored beside the
+  random-init networks, whose BatchNorm statistics then come from the training photos' tiles.
 
 The random-init baseline re-estimates its BatchNorm statistics on real images first. Scores are
 cached (``~/.cache/sslzoo/eval-scores``) by the weights' sha256 or the random-init seed and
@@ -48,8 +52,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.data import (SampleView, SkipCounter, describe, disjoint_subsets, iterate_batches, limit_dataset,
-                           open_dataset)
+from training.data import (ImageList, SampleView, SkipCounter, describe, disjoint_subsets, iterate_batches,
+                           limit_dataset, open_dataset)
 from training.clustering import kmeans
 from training.methods.mixup import MixupWithoutHesitation, draw_mixup, mix, mixed_loss
 from training.recipes import Schedule
@@ -388,11 +392,15 @@ def hungarian_accuracy(pred: Sequence[int], labels: Sequence[int]) -> float:
 # ---------------------------------------------------------------------------------------------
 
 PROTOCOLS = ("linear", "linear-pool", "knn", "cluster", "retrieval")
+# Protocols that must be asked for by name (``all`` is the Fashion-MNIST evaluation of every model).
+PHOTO_PROTOCOLS = ("photo-retrieval",)
+RAW_PIXELS = "raw-pixels"  # the no-network baseline of photo-retrieval
+RAW_PIXEL_SIDE = 16
 VAL_IMAGES = 5_000
 # Bumped whenever a protocol changes what it computes: the score cache (random-init baselines
 # included) keys on its protocol's version. Retrieval 3: non-square photos resized and centre-cropped
 # as torchvision rounds (the benchmark's photos part changed; its Fashion-MNIST part did not).
-PROTOCOL_VERSIONS = {"linear": 2, "linear-pool": 2, "knn": 2, "cluster": 2, "retrieval": 3}
+PROTOCOL_VERSIONS = {"linear": 2, "linear-pool": 2, "knn": 2, "cluster": 2, "retrieval": 3, "photo-retrieval": 1}
 
 
 @dataclass(frozen=True)
@@ -421,6 +429,17 @@ class EvalData:
     train: Any
     val: Any
     test: Any
+
+
+def photo_evaluation_data(settings: EvalSettings) -> EvalData:
+    """photo-retrieval alone needs no classification data: the random-init networks' BatchNorm
+    statistics come from the training photos' tiles and copies (its validation variant)."""
+    from training.retrieval_benchmark import heldout_photo_benchmark
+
+    val, test = heldout_photo_benchmark("val", settings.seed), heldout_photo_benchmark("test", settings.seed)
+    training = ImageList(val.database.images + val.queries.images, [0] * (len(val.database) + len(val.queries)),
+                         "training photos' tiles and copies")
+    return EvalData(training, training, test.queries)
 
 
 def evaluation_data(data: str | None, settings: EvalSettings) -> EvalData:
@@ -485,8 +504,8 @@ def _pair(val: float, test: float, **extra: Any) -> dict[str, Any]:
 def score_layers(feats: _Features, protocol: str, data: EvalData) -> Scores:
     """Every layer's metric(s) for one protocol, measured on the validation and the test data."""
     s = feats.settings
-    if protocol == "retrieval":
-        return _score_retrieval(feats)
+    if protocol in ("retrieval", "photo-retrieval"):
+        return _score_retrieval(feats, protocol)
     if protocol == "cluster":
         (val_x, val_y), (test_x, test_y) = feats.get("val", data.val), feats.get("test", data.test)
         classes = _num_classes(val_y, test_y)
@@ -531,14 +550,21 @@ def embedding_layer(model: nn.Module, layers: Sequence[str]) -> str:
     return chosen if chosen in layers else list(layers)[-1]
 
 
-def _score_retrieval(feats: _Features) -> Scores:
-    from training.retrieval_benchmark import benchmark_metrics, retrieval_benchmark
+def protocol_benchmark(protocol: str, split: str, seed: int):
+    """The copy-detection benchmark a retrieval protocol scores."""
+    from training.retrieval_benchmark import heldout_photo_benchmark, retrieval_benchmark
+
+    return (heldout_photo_benchmark if protocol == "photo-retrieval" else retrieval_benchmark)(split, seed=seed)
+
+
+def _score_retrieval(feats: _Features, protocol: str = "retrieval") -> Scores:
+    from training.retrieval_benchmark import benchmark_metrics
 
     found: dict[str, dict[str, dict[str, Any]]] = {}
     for split in ("val", "test"):
-        bench = retrieval_benchmark(split, seed=feats.settings.seed)
-        queries, _ = feats.get(f"{split} retrieval queries", bench.queries)
-        database, _ = feats.get(f"{split} retrieval database", bench.database)
+        bench = protocol_benchmark(protocol, split, feats.settings.seed)
+        queries, _ = feats.get(f"{bench.name} queries", bench.queries)
+        database, _ = feats.get(f"{bench.name} database", bench.database)
         found[split] = {name: benchmark_metrics(F.normalize(queries[name], dim=1).numpy(),
                                                 F.normalize(database[name], dim=1).numpy(), bench.positives,
                                                 bench.part, seed=feats.settings.seed,
@@ -674,14 +700,15 @@ _METRICS = {  # protocol -> [(score key, card metric name, task)]
     "knn": [("top1", "top-1", "image-classification")],
     "cluster": [("nmi", "NMI", "image-clustering"), ("acc", "accuracy (Hungarian)", "image-clustering")],
     "retrieval": [("map", "mAP", "image-retrieval"), ("r1", "recall@1", "image-retrieval")],
+    "photo-retrieval": [("map", "mAP", "image-retrieval"), ("r1", "recall@1", "image-retrieval")],
 }
 
 
 def protocol_list(protocol: str) -> list[str]:
     if protocol == "all":
         return list(PROTOCOLS)
-    if protocol not in PROTOCOLS:
-        raise UsageError(f"unknown protocol {protocol!r}; use {', '.join(PROTOCOLS)} or all")
+    if protocol not in PROTOCOLS + PHOTO_PROTOCOLS:
+        raise UsageError(f"unknown protocol {protocol!r}; use {', '.join(PROTOCOLS + PHOTO_PROTOCOLS)} or all")
     return [protocol]
 
 
@@ -708,6 +735,11 @@ def _protocol_text(protocol: str, settings: EvalSettings, train_desc: str, val_d
     if protocol == "knn":
         return (f"weighted kNN on globally average-pooled features (cosine, k={settings.k}, votes "
                 f"exp(sim/{settings.temperature:g})); memory: {train_desc}; {chosen}")
+    if protocol == "photo-retrieval":
+        return (f"{bench}: each distorted copy queries the tiles by cosine similarity of L2-normalised, globally "
+                f"average-pooled features; its tile is the one positive; 95% interval by bootstrap over queries; the "
+                f"layer is chosen on the benchmark's variant built from the training photos, never on the held-out "
+                f"photos; raw pixels: {RAW_PIXEL_SIDE}x{RAW_PIXEL_SIDE} RGB thumbnails, L2-normalised")
     if protocol == "retrieval":
         return (f"{bench}: each distorted copy queries the database by cosine similarity of "
                 f"L2-normalised, globally average-pooled features; its original is the one positive; 95% interval "
@@ -746,13 +778,17 @@ def evaluate(models: Sequence[str], protocols: Sequence[str], data: str | None =
     ``progress=False``: no feature-extraction bars (they are drawn only on a terminal anyway).
     """
     protocols = [p for name in protocols for p in protocol_list(name)]
-    if "retrieval" in protocols and data is not None:
-        raise UsageError("the retrieval protocol uses its own copy-detection benchmark; --data does not apply to it")
+    if {"retrieval", *PHOTO_PROTOCOLS} & set(protocols) and data is not None:
+        raise UsageError("the retrieval protocols use their own copy-detection benchmarks; --data does not apply to "
+                         "them")
     loaded = _load_seed_models(models)
     first = loaded[0].model
     layers = first.resolve_layers(layers)
     command = command or f"zoo eval {' '.join(map(str, models))} --protocol {','.join(protocols)}"
-    eval_data = evaluation_data(data, settings)  # random-init BN statistics come from its train images, always
+    photos_only = set(protocols) <= set(PHOTO_PROTOCOLS)
+    # random-init BN statistics come from its train images, always
+    eval_data = photo_evaluation_data(settings) if photos_only else evaluation_data(data, settings)
+    data = "photo-retrieval: training photos" if photos_only else data  # keys the score cache
     counter = SkipCounter()
     model_scores: list[dict[str, Scores]] = []
     for i, m in enumerate(loaded):
@@ -769,26 +805,23 @@ def evaluate(models: Sequence[str], protocols: Sequence[str], data: str | None =
     results = []
     for protocol in protocols:
         bench = ""
-        if protocol == "retrieval":
-            from training.retrieval_benchmark import retrieval_benchmark
-
-            bench = retrieval_benchmark("test", seed=settings.seed).description
+        if protocol in ("retrieval", "photo-retrieval"):
+            bench = protocol_benchmark(protocol, "test", settings.seed).description
         for key, metric, task in _METRICS[protocol]:
             per_seed = [scores[protocol][key] for scores in model_scores]
             summary = summarise_seeds(per_seed)
             chosen = per_seed[0][summary["layer_per_seed"][0]]
             entry: dict[str, Any] = {
                 "task": task,
-                "dataset": "Fashion-MNIST copy detection" if protocol == "retrieval" else _dataset_name(eval_data.test),
+                "dataset": _RETRIEVAL_DATASETS.get(protocol) or _dataset_name(eval_data.test),
                 "split": "test",
-                "split_size": chosen.get("queries") if protocol == "retrieval" else len(eval_data.test),
+                "split_size": chosen.get("queries") if protocol in _RETRIEVAL_DATASETS else len(eval_data.test),
                 "metric": metric, "protocol_id": protocol,
                 "value": round(summary["value"], 2),
                 **({} if summary["std"] is None else {"std": round(summary["std"], 2)}),  # no spread from one seed
                 "seeds": [_seed_of(m, i) for i, m in enumerate(loaded)],
                 "per_seed": summary["per_seed"], "layer": summary["layer"], "layer_per_seed": summary["layer_per_seed"],
-                "layer_selected_on": ("validation variant of the benchmark (train-split images)" if protocol == "retrieval"
-                                      else f"validation: {val_desc}"),
+                "layer_selected_on": _LAYER_SELECTED_ON.get(protocol, f"validation: {val_desc}"),
                 "per_layer": {n: round(v, 2) for n, v in summary["per_layer"].items()},
                 "protocol": _protocol_text(protocol, settings, train_desc, val_desc, chosen.get("dims"),
                                            chosen.get("weight_decay"), bench),
@@ -797,7 +830,7 @@ def evaluate(models: Sequence[str], protocols: Sequence[str], data: str | None =
             if protocol == "linear-pool":
                 entry["weight_decay_per_seed"] = [by_layer[layer]["weight_decay"] for by_layer, layer
                                                   in zip(per_seed, summary["layer_per_seed"])]
-            if protocol == "retrieval":
+            if protocol in _RETRIEVAL_DATASETS:
                 entry["ci95"] = [round(v, 2) for v in chosen["ci95"]]
                 entry["parts"] = _retrieval_parts(per_seed, summary["layer_per_seed"])
             if baseline_seeds:
@@ -811,8 +844,24 @@ def evaluate(models: Sequence[str], protocols: Sequence[str], data: str | None =
                 beats = beats_random_init(summary["value"], summary["std"], base["value"], base["std"])
                 if beats is not None:  # untested without a spread on both sides
                     entry["beats_baseline"] = beats
+            if protocol == "photo-retrieval":
+                entry.setdefault("baseline", {})[RAW_PIXELS] = round(raw_pixel_scores(settings.seed)[key], 2)
             results.append(entry)
     return _report(loaded, protocols, command, eval_data, counter, results)
+
+
+_RETRIEVAL_DATASETS = {"retrieval": "Fashion-MNIST copy detection", "photo-retrieval": "held-out photo copy detection"}
+_LAYER_SELECTED_ON = {"retrieval": "validation variant of the benchmark (train-split images)",
+                      "photo-retrieval": "the benchmark's variant built from the training photos"}
+
+
+def raw_pixel_scores(seed: int = 0) -> dict[str, float]:
+    """photo-retrieval's mAP and recall@1 (%) of raw pixels (``RAW_PIXEL_SIDE`` RGB thumbnails)."""
+    from training.retrieval_benchmark import benchmark_metrics, heldout_photo_benchmark, raw_pixels
+
+    bench = heldout_photo_benchmark("test", seed)
+    return benchmark_metrics(raw_pixels(bench.queries.images, RAW_PIXEL_SIDE),
+                             raw_pixels(bench.database.images, RAW_PIXEL_SIDE), bench.positives, seed=seed)
 
 
 def _dataset_name(dataset) -> str:
@@ -870,6 +919,8 @@ def print_report(report: dict[str, Any]) -> None:
         if "baseline" in entry:
             line += (f"; random-init {_fmt(entry['baseline']['random-init'], entry.get('baseline_std', {}).get('random-init'))}"
                      + {True: " (beats it by > 2 std)", False: " (not by > 2 std)", None: ""}[entry.get("beats_baseline")])
+        if RAW_PIXELS in entry.get("baseline", {}):
+            line += f"; raw pixels {entry['baseline'][RAW_PIXELS]:.2f}"
         click.echo(line)
     if report["skipped_images"]:
         click.echo(f"skipped {report['skipped_images']} unreadable image(s)")

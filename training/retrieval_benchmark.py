@@ -155,6 +155,68 @@ def single_part_benchmark(part: str, split: str = "test", seed: int = 0) -> Retr
         queries=ImageList(queries, positive, f"copydetect-{split}-{part} queries"),
         positives=[np.array([p]) for p in positive], part=np.array([part] * len(queries)))
 
+# The held-out photo benchmark of the colour-photo models (``heldout_photo_benchmark``): each photo,
+# shrunk to at most HELDOUT_SIDE pixels, is cut into TILES x TILES tiles, and every tile is an
+# original with its own distorted copies, so that a copy must be told from the other parts of its
+# own photo as well as from other photos; with four held-out photos whole, chance would be 25 %.
+HELDOUT_SIDE = 384
+TILES = 3
+TILE_COPIES = {"test": 10, "val": 4}
+
+
+def photo_tiles(photos: dict[str, np.ndarray], tiles: int = TILES, max_side: int = HELDOUT_SIDE) -> dict[str, np.ndarray]:
+    """Each photo shrunk to at most ``max_side`` pixels and cut into a ``tiles`` x ``tiles`` grid of
+    equal tiles (the remainder pixels at the right and bottom dropped), named "photo@row,col"."""
+    from zoo.retrieval import shrink
+
+    out = {}
+    for name, photo in photos.items():
+        small = shrink(photo, max_side)
+        th, tw = small.shape[0] // tiles, small.shape[1] // tiles
+        for r in range(tiles):
+            for c in range(tiles):
+                out[f"{name}@{r},{c}"] = np.ascontiguousarray(small[r * th:(r + 1) * th, c * tw:(c + 1) * tw])
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def heldout_photo_benchmark(split: str = "test", seed: int = 0) -> RetrievalBenchmark:
+    """Copy detection on photos a colour-photo model never trained on: "test" is built from the
+    held-out photos (``zoo.photos.HELDOUT_PHOTOS``) alone, "val" (for choosing a layer) from the
+    training photos. Queries are ``zoo.retrieval``'s strongly distorted copies of each tile of
+    ``photo_tiles``, the database is the tiles; one part, "photos-heldout" (or "photos-training")."""
+    from zoo.photos import heldout_photos, training_photos
+
+    if split not in SPLITS:
+        raise UsageError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    photos = heldout_photos() if split == "test" else training_photos()
+    cds = copy_detection_set(copies=TILE_COPIES[split], seed=seed, max_side=HELDOUT_SIDE, photos=photo_tiles(photos))
+    is_original = np.array(["/" not in name for name in cds.names])
+    database = [im for im, keep in zip(cds.images, is_original) if keep]
+    queries = [im for im, keep in zip(cds.images, is_original) if not keep]
+    positive = cds.groups[~is_original]
+    part = "photos-heldout" if split == "test" else "photos-training"
+    which = "held-out" if split == "test" else "training"
+    text = (f"copy detection on {which} photos only ({', '.join(photos)}): {len(queries)} strongly distorted copies "
+            f"({TILE_COPIES[split]} each) of the {len(database)} tiles ({TILES}x{TILES} per photo, photo at most "
+            f"{HELDOUT_SIDE} px), each to be found among the {len(database)} tiles")
+    return RetrievalBenchmark(
+        name=f"copydetect-{part}", description=text,
+        database=ImageList(database, range(len(database)), f"copydetect-{part} database"),
+        queries=ImageList(queries, positive, f"copydetect-{part} queries"),
+        positives=[np.array([p]) for p in positive], part=np.array([part] * len(queries)),
+        database_part=np.array([part] * len(database)))
+
+
+def raw_pixels(images: Sequence[np.ndarray], side: int = 16) -> np.ndarray:
+    """The no-network baseline: each image resized to ``side`` x ``side`` RGB (bilinear,
+    antialiased) and flattened (``benchmark_metrics`` L2-normalises the rows)."""
+    from PIL import Image
+
+    rows = [np.asarray(Image.fromarray(np.asarray(im, dtype=np.uint8)).resize((side, side), Image.BILINEAR),
+                       dtype=np.float32).ravel() for im in images]
+    return np.stack(rows)
+
 
 def benchmark_part(bench: RetrievalBenchmark, part: str) -> RetrievalBenchmark:
     """The benchmark restricted to one part's queries and database (e.g. "photos" for colour models);

@@ -574,6 +574,8 @@ def _detail(r: Result) -> str:
     else:
         parts = [f"one run at layer {r.layer or '?'}, " + (f"chosen on {r.layer_selected_on}" if r.layer_selected_on
                                                            else f"the best on the {r.split} split itself")]
+    for name, value in r.other_baselines.items():
+        parts.append(f"{name.replace('-', ' ')} (no network): {_num(value)}")
     if r.per_layer:
         parts.append(("mean per layer: " if r.multi_seed else "per layer: ")
                      + ", ".join(f"{k} {_num(v)}" for k, v in r.per_layer.items()))

@@ -544,6 +544,16 @@ _ours("splitbrain_resnet_small_photos", "splitbrain", SPLITBRAIN,
       "Two small 32x32 ResNets of half width, L -> ab and ab -> L, trained on crops of the shipped colour "
       "photographs (Split-brain, sslzoo's small recipe); features concatenated.", input=_LAB_32,
       data="shipped photos (random 32x32 crops)", half="resnet_small", widths=(8, 16, 32, 64), blocks=(1, 1, 1, 1))
+# sslzoo's colour-photo model, for copy detection and retrieval of real photos: the small ResNet with
+# RGB input at 64 px, trained by SimCLR on strongly augmented crops of the training photos only
+# (zoo.photos.TRAINING_PHOTOS; the held-out ones are what it is measured on), after Asano et al.'s
+# finding that a few images train early layers well (arXiv 1904.13132).
+_PHOTOS_64 = InputSpec(size=64, resize=64)
+_ours("simclr_resnet_small_photos", "resnet_small", SIMCLR,
+      "A small 64x64 RGB ResNet trained with SimCLR on strongly augmented crops of the shipped training photos "
+      "(never the held-out ones), for copy detection and retrieval of colour photos (sslzoo's photos recipe).",
+      input=_PHOTOS_64, data="shipped training photos (augmented 64x64 crops)", recipe="photos",
+      in_channels=3, widths=(8, 16, 32, 64), blocks=(1, 1, 1, 1))
 _ours("colorization_resnet50", "resnet50", COLORIZATION,
       "ResNet-50 on grey input trained to colourise ImageNet by sslzoo's paper recipe (the authors released "
       "Caffe VGG/AlexNet models, which are not converted).",

@@ -133,6 +133,7 @@ class Result:
     beats_baseline: bool | None = None  # None: not tested (a single run has no spread)
     ci95: tuple | None = None
     parts: dict = field(default_factory=dict)
+    other_baselines: dict = field(default_factory=dict)  # e.g. {"raw-pixels": 32.3}: no-network baselines
 
     @property
     def runs(self) -> int:
@@ -169,6 +170,7 @@ def normalise(r: dict[str, Any]) -> Result:
         baseline_per_seed=tuple(r.get("baseline_per_seed", {}).get(RANDOM_INIT) or ()),
         baseline_layer=r.get("baseline_layer", {}).get(RANDOM_INIT, ""), beats_baseline=beats,
         ci95=tuple(r["ci95"]) if r.get("ci95") else None, parts=dict(r.get("parts") or {}),
+        other_baselines={k: v for k, v in (r.get("baseline") or {}).items() if k != RANDOM_INIT},
     )
 
 

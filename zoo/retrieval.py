@@ -102,7 +102,8 @@ def distort(image: np.ndarray, rng: np.random.Generator, steps: Sequence[str],
     return np.asarray(img, dtype=np.uint8).copy()
 
 
-def _shrink(image: np.ndarray, max_side: int) -> np.ndarray:
+def shrink(image: np.ndarray, max_side: int) -> np.ndarray:
+    """``image`` resized (bilinear) so that its longer side is at most ``max_side``."""
     from PIL import Image
 
     h, w = image.shape[:2]
@@ -135,7 +136,7 @@ def copy_detection_set(copies: int = 7, seed: int = 0, max_side: int = 256,
     rng = np.random.default_rng(seed)
     images, groups, names = [], [], []
     for g, (name, photo) in enumerate(photos.items()):
-        original = _shrink(photo, max_side)
+        original = shrink(photo, max_side)
         images.append(original), groups.append(g), names.append(name)
         for i in range(copies):
             steps = copy_steps(rng)

@@ -94,6 +94,17 @@ RECIPES = method_recipes(__name__, {
         optimizer=Optimizer(lr=0.3, weight_decay=5e-4),
         options=SimCLROptions(temperature=0.5, hidden_dim=256, out_dim=64, batched_views=True, view=grey_view()),
         source="google-research/simclr CIFAR-10 command, scaled down"),
+    # Colour photos at 64 px (registry: simclr_resnet_small_photos): single-image-paper crops of the
+    # training photos (zoo.photos.TRAINING_PHOTOS; --data photo:rocket for the 1-image version), then
+    # SimCLR's two views with its full colour distortion, greyscale and blur -- the copy-detection
+    # distortions it must ignore. Sized for 2 shared CPU cores: 300 steps of 64 crops, one loader process.
+    "photos": small_recipe(
+        **{**SMALL_EMBEDDING, "limit": 6_400}, model="simclr_resnet_small_photos", data="training-photos",
+        epochs=3, batch_size=64, workers=1, optimizer=Optimizer(lr=0.3, weight_decay=5e-4),
+        options=SimCLROptions(temperature=0.2, hidden_dim=256, out_dim=64, batched_views=True,
+                              view=ViewRecipe(crop_scale=(0.2, 1.0), jitter=(0.8, 0.8, 0.8), jitter_p=0.8,
+                                              grey_p=0.2, blur_p=0.5)),
+        source="google-research/simclr, scaled down; Asano et al. 2020 (arXiv 1904.13132) crops"),
     # Seconds: for tests.
     "tiny": tiny_recipe(
         model="simclr_resnet_small_fmnist", batch_size=32, optimizer=Optimizer(lr=0.1, weight_decay=1e-4),
