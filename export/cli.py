@@ -150,7 +150,8 @@ def _threads_option(f):
 @click.option("--measure-rounds", type=click.IntRange(1, 100), default=5, show_default=True,
               help="With --engine auto: timed batches per candidate (the median counts).")
 @click.option("--provider", type=click.Choice(sorted(PROVIDERS)), default="cpu", show_default=True,
-              help="ONNX Runtime execution provider for --engine onnx.")
+              help="ONNX Runtime execution provider for --engine onnx (cuda or tensorrt with --engine auto: "
+                   "--engine onnx with that provider).")
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(0, MAX_THREADS), default=2, show_default=True,
               help="Decoding threads (0: decode inline).")
@@ -182,6 +183,8 @@ def extract_cmd(model_or_onnx, images, out, engine, remeasure, measure_rounds, p
     if not 0 <= my_rank < ranks:
         raise UsageError(f"rank {my_rank} is outside 0..{ranks - 1}")
     threads = threads or default_threads()  # a bad ZOO_THREADS is reported before any model is opened
+    if engine == "auto" and provider != "cpu":  # a GPU provider asked for by name is not a candidate to measure
+        engine = "onnx"
     source = str(Path(model_or_onnx).resolve()) if is_onnx_file(model_or_onnx) or Path(model_or_onnx).is_dir() \
         else model_or_onnx
     with tempfile.TemporaryDirectory() as work:
