@@ -455,7 +455,7 @@ def main() -> None:
     parser.add_argument("--auto", action="store_true",
                         help="only --engine auto: every candidate, the choice, the share of the measured peak and "
                              "`zoo extract`'s default engine against the fastest (writes engine_auto_cpu.json)")
-    parser.add_argument("--auto-models", default="sela_resnet50,pirl_resnet_small_fmnist",
+    parser.add_argument("--auto-models", default="random:sela_resnet50,pirl_resnet_small_fmnist",
                         help="with --auto: registry models, comma-separated")
     parser.add_argument("--selection-rounds", type=int, default=5, help="with --auto: timed batches per candidate "
                         "in the selection (as `zoo extract --measure-rounds`)")
