@@ -141,10 +141,10 @@ def _threads_option(f):
 @click.argument("images", nargs=-1, required=True)
 @click.option("-o", "--out", type=OutputPath(file_okay=False, path_type=Path), required=True,
               help="Output folder (embeddings.npy, ids.txt, failed.tsv, meta.json).")
-@click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
+@click.option("--engine", type=click.Choice(ENGINES), default="auto", envvar="ZOO_ENGINE",
               help="auto: the fastest engine and precision on this machine that keeps fp32's accuracy, measured on "
                    "first use and cached per model and machine; torch (eager), onnx (ONNX Runtime) or tensorrt "
-                   "(needs an NVIDIA GPU).")
+                   "(needs an NVIDIA GPU). [default: $ZOO_ENGINE, else auto]")
 @click.option("--remeasure", is_flag=True, help="With --engine auto: measure the engines again instead of using "
               "the cached choice.")
 @click.option("--measure-rounds", type=click.IntRange(1, 100), default=5, show_default=True,

@@ -123,13 +123,13 @@ def test_select_measures_then_uses_the_cache_opening_only_the_winner(tmp_path, m
     assert opened == ["reference", "close", "broken"]
 
 
-def test_extract_with_the_default_engine_measures_says_what_it_chose_and_caches_it(tmp_path):
+def test_extract_with_engine_auto_measures_says_what_it_chose_and_caches_it(tmp_path):
     from zoo.photos import photo_paths
 
     photos = [str(p) for p in list(photo_paths().values())[:3]]
     cache = tmp_path / "cache"
     res = run_zoo("extract", "random:rotnet_nin_fmnist", *photos, "-o", str(tmp_path / "emb"), "--batch-size", "4",
-                  "--measure-rounds", "1", "--no-progress", env={"ZOO_CACHE": str(cache), "ZOO_THREADS": "1"})
+                  "--engine", "auto", "--measure-rounds", "1", "--no-progress", env={"ZOO_CACHE": str(cache), "ZOO_THREADS": "1"})
     assert res.returncode == 0, res.stderr
     lines = [line for line in res.stderr.splitlines() if line.startswith("engine auto: chose ")]
     assert len(lines) == 1 and "measured now; cached in" in lines[0], res.stderr
