@@ -142,3 +142,17 @@ def test_extract_with_engine_auto_measures_says_what_it_chose_and_caches_it(tmp_
     assert record["key"]["model"]["model"] == "rotnet_nin_fmnist" and record["key"]["threads"] == 1
     assert all(m["images_per_second"] or m["note"] for m in record["measurements"])
     assert (tmp_path / "emb" / "model.onnx").is_file() and meta["count"] == 3
+
+
+def test_extract_keeps_the_onnx_file_its_engine_ran_for_zoo_search(tmp_path):
+    from types import SimpleNamespace
+
+    from export.cli import _model_file_to_keep
+
+    given, exported, int8 = tmp_path / "r50.onnx", tmp_path / "work" / "model.onnx", tmp_path / "work" / "model-int8.onnx"
+    assert _model_file_to_keep(str(given), SimpleNamespace(path=given), exported) is None  # it is the file given
+    assert _model_file_to_keep(str(given), SimpleNamespace(path=int8), exported) == int8  # auto chose int8
+    assert _model_file_to_keep("sela_resnet50", SimpleNamespace(), exported) is None  # eager, nothing exported
+    exported.parent.mkdir()
+    exported.write_bytes(b"onnx")
+    assert _model_file_to_keep("sela_resnet50", SimpleNamespace(), exported) == exported  # auto chose eager
