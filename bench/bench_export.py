@@ -3,6 +3,7 @@
     python bench/bench_export.py                       # ResNet-50 at 224, this machine's CPUs
     python bench/bench_export.py --million             # + IVF-PQ on 1M x 128-d vectors
     python bench/bench_export.py --quick               # a small model and small sizes (smoke run)
+    python bench/bench_export.py --auto                # --engine auto: candidates, choice, peak, extract
 
 What it measures (printed as a table, written as JSON to --out):
 
@@ -22,6 +23,10 @@ What it measures (printed as a table, written as JSON to --out):
    which would flatter the approximate indexes), on 140,000 real vectors
    (Fashion-MNIST images and shifted/flipped copies, pixels PCA-reduced to 128-d); with --million,
    IVF-PQ on 1,000,000 such vectors.
+5. with --auto (only that): `--engine auto` for a ResNet-50 at 224 and a small model: every
+   candidate's images/s, accuracy against fp32 and share of the machine's peak (a 2048^3 matrix
+   product in fp32, bf16 and int8, timed in the same rounds with the same threads), the choice, and
+   `zoo extract`'s embed loop with the default engine against the fastest passing candidate.
 """
 
 from __future__ import annotations
@@ -257,6 +262,171 @@ def bench_indexes(vectors: np.ndarray, types, target: float, label: str) -> list
 
 
 # ------------------------------------------------------------------------------------------------
+# 5. --engine auto (--auto): every candidate, the choice, the share of the measured peak, and
+#    `zoo extract`'s default engine against the fastest engine found here
+# ------------------------------------------------------------------------------------------------
+
+PEAK_SIZE = 2048
+
+
+def matmul_peaks(threads: int, seconds: float = 0.5) -> dict[str, float]:
+    """G(FL)OP/s of a 2048^3 matrix product on ``threads`` threads in fp32, bf16 and int8 (torch's
+    oneDNN kernels: AVX-512/AMX where the CPU has them, emulation where it does not): the
+    machine's dense peak, measured rather than computed from a data sheet."""
+    import torch
+
+    torch.set_num_threads(threads)
+    peaks = {}
+    for label, make, mm in (
+        ("fp32", lambda: torch.randn(PEAK_SIZE, PEAK_SIZE), torch.mm),
+        ("bf16", lambda: torch.randn(PEAK_SIZE, PEAK_SIZE, dtype=torch.bfloat16), torch.mm),
+        ("int8", lambda: torch.randint(-128, 128, (PEAK_SIZE, PEAK_SIZE), dtype=torch.int8), torch._int_mm),
+    ):
+        a, b = make(), make()
+        try:
+            mm(a, b)
+        except RuntimeError as err:  # no kernel for this precision here
+            log(f"  peak {label}: not measured ({str(err).splitlines()[0]})")
+            continue
+        n, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds or n == 0:
+            mm(a, b)
+            n += 1
+        peaks[label] = 2 * PEAK_SIZE ** 3 * n / elapsed / 1e9
+    return peaks
+
+
+def precision_of(engine_name: str) -> str:
+    return next((p for p in ("int8", "bf16", "fp16") if p in engine_name), "fp32")
+
+
+def images_per_second(engine, batch: np.ndarray, seconds: float) -> float:
+    n, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or n == 0:
+        engine.embed(batch)
+        n += len(batch)
+    return n / elapsed
+
+
+def bench_auto(name: str, args, work: Path) -> dict:
+    """Selection as `zoo extract NAME` does it on first use (a fresh cache), then, in interleaved
+    rounds: the matrix-product peaks, every candidate on its own, and `zoo extract`'s embed loop with
+    the engine the selection chose (read back from the cache, as a second extraction would)."""
+    from zoo.errors import ZooError
+
+    from export.embedding import build_embedding_model, load_backbone
+    from export.engines import auto_candidates, open_auto_engine
+    from export.extract import extract
+    from export.onnx_export import photo_batch
+
+    folder = work / name
+    folder.mkdir()
+    os.environ["ZOO_CACHE"] = str(folder / "cache")  # nothing cached: the selection is measured
+    lines: list[str] = []
+    start = time.perf_counter()
+    chosen = open_auto_engine(name, workdir=folder, threads=args.threads, batch_size=args.batch_size,
+                              rounds=args.selection_rounds, log=lines.append, progress=log)
+    selection_s = time.perf_counter() - start
+    log(lines[-1])
+    choice = chosen.auto_choice
+    del chosen
+    backbone, weights = load_backbone(name)
+    model, spec = build_embedding_model(backbone, name, weights)
+    engines, notes = {}, {}
+    for label, make in auto_candidates(model, spec, folder / "model.onnx", folder, args.threads, (1, 32, 128)).items():
+        try:
+            engines[label] = make()
+        except ZooError as err:
+            notes[label] = str(err).splitlines()[0]
+    batch = photo_batch(spec.input, spec.input_kind, args.batch_size)
+    gflops = model_gflops(model, __import__("torch").from_numpy(batch))
+    jpegs = folder / "jpegs"
+    jpegs.mkdir()
+    write_jpegs(jpegs, args.jpegs)
+    default = open_auto_engine(name, workdir=folder, threads=args.threads, batch_size=args.batch_size,
+                               log=lines.append)  # what a second `zoo extract NAME` opens: the cached choice
+    log(lines[-1])
+    for eng in engines.values():  # warm-up
+        eng.embed(batch)
+    rates = {label: 0.0 for label in engines}
+    peaks: dict[str, float] = {}
+    extract_rate = 0.0
+    for r in range(args.rounds):
+        for label, value in matmul_peaks(args.threads).items():
+            peaks[label] = max(peaks.get(label, 0.0), value)
+        for label, eng in engines.items():
+            rates[label] = max(rates[label], images_per_second(eng, batch, args.seconds / args.rounds / len(engines)))
+        summary = extract(default, [jpegs], folder / f"extract-{r}", batch_size=args.batch_size, workers=0,
+                          progress=False)
+        extract_rate = max(extract_rate, summary["processed"] / summary["engine_seconds"])
+        log(f"  round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v:.1f}" for k, v in rates.items())
+            + f"; zoo extract ({default.name}) {extract_rate:.1f} images/s; peaks "
+            + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
+    measured = {m.name: m for m in choice.measurements}
+    passing = {k: v for k, v in rates.items() if measured.get(k) and measured[k].passed}
+    fastest = max(passing, key=passing.get)
+    candidates = []
+    for label in measured:
+        m, rate = measured[label], rates.get(label)
+        precision = precision_of(label)
+        candidates.append({
+            "engine": label, "precision": precision, "images_per_second": rate,
+            "selection_images_per_second": m.images_per_second, "cosine_min": m.cosine_min, "map_drop": m.map_drop,
+            "passed": m.passed, "note": m.note or notes.get(label, ""),
+            "peak_fraction": rate * gflops / peaks[precision] if rate and precision in peaks else None,
+            "fp32_peak_fraction": rate * gflops / peaks["fp32"] if rate else None})
+    return {"model": spec.model, "weights": weights, "input": f"{spec.input_kind} {spec.input.size}x{spec.input.size}",
+            "dim": spec.dim, "batch_size": args.batch_size, "threads": args.threads, "gflops_per_image": gflops,
+            "peaks_gflops": peaks, "selection_seconds": selection_s, "selection_line": lines[0],
+            "second_open_line": lines[-1], "chosen": choice.chosen, "fastest": fastest, "candidates": candidates,
+            "extract": {"engine": default.name, "images": args.jpegs, "embed_images_per_second": extract_rate,
+                        "vs_fastest": extract_rate / rates[fastest]}}
+
+
+def report_auto(result: dict) -> None:
+    for e in result["auto"]:
+        rows = []
+        for c in e["candidates"]:
+            rate = c["images_per_second"]
+            rows.append((c["engine"] + (" (chosen)" if c["engine"] == e["chosen"] else ""),
+                         f"{rate:.1f}" if rate else "-", f"{c['selection_images_per_second']:.1f}"
+                         if c["selection_images_per_second"] else "-",
+                         f"{c['cosine_min']:.4f}" if c["cosine_min"] is not None else "-",
+                         f"{-c['map_drop']:+.3f}" if c["map_drop"] is not None else "-",
+                         "yes" if c["passed"] else "no",
+                         f"{100 * c['peak_fraction']:.0f}% of {c['precision']}" if c["peak_fraction"] else "-",
+                         c["note"][:60]))
+        print_table(f"{e['model']} ({e['weights']}), {e['input']}, batch {e['batch_size']}, {e['threads']} threads, "
+                    f"{e['gflops_per_image']:.2f} GFLOP/image; peaks (GFLOP/s, GOP/s) "
+                    + ", ".join(f"{k} {v:.0f}" for k, v in e["peaks_gflops"].items()),
+                    ("engine", "images/s", "at selection", "cosine min", "mAP vs fp32", "passes", "of peak", "note"),
+                    rows)
+        x = e["extract"]
+        print(f"{e['selection_line']}\nzoo extract {e['model']} (default --engine auto -> {x['engine']}): "
+              f"{x['embed_images_per_second']:.1f} images/s in its embed loop = {100 * x['vs_fastest']:.0f}% of the "
+              f"fastest passing engine here ({e['fastest']}); selection took {e['selection_seconds']:.0f} s")
+
+
+def main_auto(args) -> None:
+    result = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+              "machine": {"cpu": _cpu_name(), "cpu_flags": _cpu_flags(), "cpus": args.threads,
+                          "python": platform.python_version(), "loadavg_start": os.getloadavg()[0]}, "auto": []}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.auto_models.split(","):
+            log(f"== --engine auto: {name}")
+            result["auto"].append(bench_auto(name, args, Path(tmp)))
+            result["machine"]["loadavg_end"] = os.getloadavg()[0]
+            result["seconds"] = time.perf_counter() - started
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    report_auto(result)
+    print(f"\nwrote {args.out} in {result['seconds'] / 60:.1f} min; command: {result['command']}; CPU: "
+          f"{result['machine']['cpu']} ({', '.join(result['machine']['cpu_flags']) or 'no AVX-512/AMX/AVX2'}), "
+          f"load average {result['machine']['loadavg_start']:.1f} -> {result['machine']['loadavg_end']:.1f}")
+
+
+# ------------------------------------------------------------------------------------------------
 
 def print_table(title: str, header, rows) -> None:
     print(f"\n{title}")
@@ -282,8 +452,24 @@ def main() -> None:
     parser.add_argument("--recall", type=float, default=0.95)
     parser.add_argument("--peak-gflops", type=float, default=256.0, help="fp32 peak of the CPUs used (GFLOP/s)")
     parser.add_argument("--quick", action="store_true", help="small model and sizes: a smoke run in a minute")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "export_cpu.json")
+    parser.add_argument("--auto", action="store_true",
+                        help="only --engine auto: every candidate, the choice, the share of the measured peak and "
+                             "`zoo extract`'s default engine against the fastest (writes engine_auto_cpu.json)")
+    parser.add_argument("--auto-models", default="random:sela_resnet50,pirl_resnet_small_fmnist",
+                        help="with --auto: registry models, comma-separated")
+    parser.add_argument("--selection-rounds", type=int, default=5, help="with --auto: timed batches per candidate "
+                        "in the selection (as `zoo extract --measure-rounds`)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON [bench/results/export_cpu.json; with --auto, engine_auto_cpu.json]")
     args = parser.parse_args()
+    args.out = args.out or ROOT / "bench" / "results" / ("engine_auto_cpu.json" if args.auto else "export_cpu.json")
+    if args.auto:
+        if args.batch_size == 16 and "--batch-size" not in sys.argv:
+            args.batch_size = 32  # `zoo extract`'s default
+        if "--jpegs" not in sys.argv:
+            args.jpegs = 96
+        main_auto(args)
+        return
     if args.quick:
         args.model, args.seconds, args.rounds, args.jpegs, args.index_size = "rotnet_nin_fmnist", 3, 1, 24, 20_000
     import faiss
@@ -355,6 +541,19 @@ def report(result: dict) -> None:
                 [(r["vectors"], r["type"], ", ".join(f"{k}={v}" for k, v in r["search_params"].items()) or "exact",
                   f"{r['recall@10']:.3f}" + ("" if r["reached_target"] else " (target not reached)"), f"{r['qps']:,.0f}", f"{r['speedup']:.1f}x", f"{r['build_seconds']:.0f}")
                  for r in result["indexes"]])
+
+
+def _cpu_flags() -> list[str]:
+    """The instruction-set flags that decide which engine wins (/proc/cpuinfo)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                                                        "avx512_fp16", "amx_bf16", "amx_int8", "amx_tile"))
+    except OSError:
+        pass
+    return []
 
 
 def _cpu_name() -> str:

@@ -140,10 +140,17 @@ def _threads_option(f):
 @click.argument("images", nargs=-1, required=True)
 @click.option("-o", "--out", type=OutputPath(file_okay=False, path_type=Path), required=True,
               help="Output folder (embeddings.npy, ids.txt, failed.tsv, meta.json).")
-@click.option("--engine", type=click.Choice(ENGINES), default="onnx", show_default=True,
-              help="torch (eager), onnx (ONNX Runtime) or tensorrt (needs an NVIDIA GPU).")
+@click.option("--engine", type=click.Choice(ENGINES), default="auto", envvar="ZOO_ENGINE",
+              help="auto: the fastest engine and precision on this machine that keeps fp32's accuracy, measured on "
+                   "first use and cached per model and machine; torch (eager), onnx (ONNX Runtime) or tensorrt "
+                   "(needs an NVIDIA GPU). [default: $ZOO_ENGINE, else auto]")
+@click.option("--remeasure", is_flag=True, help="With --engine auto: measure the engines again instead of using "
+              "the cached choice.")
+@click.option("--measure-rounds", type=click.IntRange(1, 100), default=5, show_default=True,
+              help="With --engine auto: timed batches per candidate (the median counts).")
 @click.option("--provider", type=click.Choice(sorted(PROVIDERS)), default="cpu", show_default=True,
-              help="ONNX Runtime execution provider for --engine onnx.")
+              help="ONNX Runtime execution provider for --engine onnx (cuda or tensorrt with --engine auto: "
+                   "--engine onnx with that provider).")
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(0, MAX_THREADS), default=2, show_default=True,
               help="Decoding threads (0: decode inline).")
@@ -156,8 +163,8 @@ def _threads_option(f):
 @click.option("--overwrite", is_flag=True, help="Discard what OUT holds instead of resuming.")
 @_threads_option
 @no_progress_option
-def extract_cmd(model_or_onnx, images, out, engine, provider, batch_size, workers, shard_size, layer, pool, rank,
-                world_size, overwrite, threads, no_progress):
+def extract_cmd(model_or_onnx, images, out, engine, remeasure, measure_rounds, provider, batch_size, workers, shard_size, layer, pool,
+                rank, world_size, overwrite, threads, no_progress):
     """Embed IMAGES (files and folders) with MODEL_OR_ONNX (registry name, checkpoint folder or .onnx).
 
     Resumable: a rerun with the same arguments skips finished shards. Under torchrun each rank takes
@@ -175,14 +182,16 @@ def extract_cmd(model_or_onnx, images, out, engine, provider, batch_size, worker
     if not 0 <= my_rank < ranks:
         raise UsageError(f"rank {my_rank} is outside 0..{ranks - 1}")
     threads = threads or default_threads()  # a bad ZOO_THREADS is reported before any model is opened
+    if engine == "auto" and provider != "cpu":  # a GPU provider asked for by name is not a candidate to measure
+        engine = "onnx"
     source = str(Path(model_or_onnx).resolve()) if is_onnx_file(model_or_onnx) or Path(model_or_onnx).is_dir() \
         else model_or_onnx
     with tempfile.TemporaryDirectory() as work:
         eng = open_engine(model_or_onnx, engine=engine, provider=provider, layer=layer, pool=pool, workdir=work,
-                          threads=threads)
-        model_file = None
-        if not is_onnx_file(model_or_onnx) and engine != "torch":  # keep the exported model: `zoo search` reuses it
-            model_file = Path(work) / MODEL
+                          threads=threads, batch_size=batch_size, remeasure=remeasure, rounds=measure_rounds,
+                          log=lambda line: click.echo(line, err=True))
+        model_file = _model_file_to_keep(model_or_onnx, eng, Path(work) / MODEL)
+        if model_file is not None:  # keep the model the engine ran: `zoo search` embeds queries with it
             source = str((out / MODEL).resolve())
         summary = extract(eng, images, out, batch_size=batch_size, workers=workers, shard_size=shard_size,
                           rank=rank, world_size=world_size, source=source, overwrite=overwrite,
@@ -197,6 +206,18 @@ def extract_cmd(model_or_onnx, images, out, engine, provider, batch_size, worker
     else:
         click.echo(f"rank {summary['rank']}/{summary['world_size']}: {summary['processed']} images done; "
                    + summary.get("merging", "the last rank to finish merges the shards"))
+
+
+def _model_file_to_keep(model_or_onnx: str, engine, exported: Path) -> Path | None:
+    """The ONNX file to keep as OUT/model.onnx: the one the engine runs when it is not MODEL_OR_ONNX
+    itself (an export on the fly, or the int8 file `--engine auto` chose), else the export on the
+    fly (PyTorch ran it); None when the engine ran MODEL_OR_ONNX or nothing was exported."""
+    ran = getattr(engine, "path", None)
+    from export.engines import is_onnx_file
+
+    if ran is not None and not (is_onnx_file(model_or_onnx) and Path(ran).resolve() == Path(model_or_onnx).resolve()):
+        return Path(ran)
+    return exported if exported.is_file() else None
 
 
 @click.group("index")

@@ -5,7 +5,7 @@ import os
 
 POOLINGS = ("avg", "gem", "max")
 INPUT_KINDS = ("uint8", "float")
-ENGINES = ("torch", "onnx", "tensorrt")
+ENGINES = ("auto", "torch", "onnx", "tensorrt")  # auto: the fastest that keeps fp32 accuracy (export.autoselect)
 # Bounds of the numeric options: beyond them a value is a typo, and used as given it would hang,
 # exhaust memory or abort inside FAISS / ONNX Runtime.
 MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))
@@ -18,3 +18,12 @@ PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
+
+
+def cache_root():
+    """sslzoo's cache folder: ``$ZOO_CACHE``, else ``$XDG_CACHE_HOME/sslzoo``, else ``~/.cache/sslzoo``."""
+    from pathlib import Path
+
+    root = os.environ.get("ZOO_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache",
+                                                       "sslzoo")
+    return Path(root)

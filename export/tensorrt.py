@@ -87,11 +87,9 @@ def ort_tensorrt_options(spec: EmbeddingSpec, cache_dir: str | Path,
 
 
 def default_cache_dir() -> Path:
-    import os
+    from export.options import cache_root
 
-    root = os.environ.get("ZOO_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache",
-                                                       "sslzoo")
-    return Path(root) / "tensorrt"
+    return cache_root() / "tensorrt"
 
 
 def require_tensorrt():

@@ -42,11 +42,16 @@ def fresh_fault_counts():
 
 @pytest.fixture(autouse=True)
 def isolated_hubs(tmp_path_factory, monkeypatch):
-    """No test reads or writes the user's local hub or Hugging Face cache, or reaches the network:
-    ZOO_HUB and HF_HUB_CACHE point at an empty folder and HF_HUB_OFFLINE=1 (for subprocesses through
-    the environment, in this process through huggingface_hub's constants, read at import)."""
+    """No test reads or writes the user's local hub, sslzoo cache (engine choices of `--engine auto`,
+    TensorRT engines) or Hugging Face cache, or reaches the network: ZOO_HUB, ZOO_CACHE and
+    HF_HUB_CACHE point at an empty folder and HF_HUB_OFFLINE=1 (for subprocesses through the
+    environment, in this process through huggingface_hub's constants, read at import).
+
+    ZOO_ENGINE=onnx: `zoo extract` runs ONNX Runtime fp32 unless a test asks for another engine, so
+    that results do not depend on which engine measured fastest (tests/test_autoselect.py tests auto)."""
     root = tmp_path_factory.mktemp("hubs")
-    env = {"ZOO_HUB": str(root / "zoo-hub"), "HF_HUB_CACHE": str(root / "hf-cache"), "HF_HUB_OFFLINE": "1"}
+    env = {"ZOO_HUB": str(root / "zoo-hub"), "ZOO_CACHE": str(root / "zoo-cache"), "HF_HUB_CACHE": str(root / "hf-cache"),
+           "HF_HUB_OFFLINE": "1", "ZOO_ENGINE": "onnx"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     from huggingface_hub import constants
