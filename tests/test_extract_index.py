@@ -113,9 +113,11 @@ def test_extract_refuses_to_mix_jobs_in_one_folder(onnx_model, jpegs, tmp_path):
 
 def test_ranks_take_every_other_shard_and_the_last_one_merges(onnx_model, jpegs, tmp_path):
     engine = OnnxRuntimeEngine(onnx_model)
+    shards = -(-len(collect_images([jpegs])) // 5)  # how many photos ship depends on the installed packages
+    assert shards >= 3
     r1 = extract(engine, [jpegs], tmp_path / "out", shard_size=5, rank=1, world_size=2, progress=False)
     assert not r1["done"] and sorted(p.name for p in (tmp_path / "out" / "shards").glob("*.npz")) == [
-        "shard-00001.npz", "shard-00003.npz"]
+        f"shard-{i:05d}.npz" for i in range(1, shards, 2)]
     r0 = extract(engine, [jpegs], tmp_path / "out", shard_size=5, rank=0, world_size=2, progress=False)
     assert r0["done"] and r0["count"] == len(collect_images([jpegs])) - 1
     _, ids, _ = load_embeddings(tmp_path / "out")
