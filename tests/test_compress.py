@@ -128,25 +128,27 @@ def _onnx_parity(folder):
 
 def test_compress_and_distill_end_to_end(tmp_path):
     runner = CliRunner()
-    teacher = "random:simclr_resnet_small_fmnist"
-    small = ["--images", "48", "--steps", "2", "--batch-size", "16", "--no-progress"]
-    result = runner.invoke(compress_cmd, [teacher, "--prune", "0.5", "--score-images", "16", "-o",
+    torch.manual_seed(0)  # a narrow teacher keeps the per-channel scoring to 64 small passes
+    teacher = str(_randomise_bn(create_model("simclr_resnet_small_fmnist", widths=(4, 8, 16, 32))).save_pretrained(
+        tmp_path / "teacher"))
+    small = ["--images", "32", "--steps", "2", "--batch-size", "16"]
+    result = runner.invoke(compress_cmd, [teacher, "--prune", "0.5", "--score-images", "8", "-o",
                                           str(tmp_path / "pruned"), *small])
     assert result.exit_code == 0, result.output
     pruned = zoo.from_pretrained(tmp_path / "pruned")
-    assert pruned.arch_kwargs["widths"] == [8, 16, 32, 128]
+    assert pruned.arch_kwargs["widths"] == [2, 4, 8, 32]
     assert pruned.checkpoint_config["compression"]["prune"] == 0.5
     _onnx_parity(tmp_path / "pruned")
 
-    result = runner.invoke(distill_cmd, [teacher, "--student", "resnet_small:widths=8,16,32,128;blocks=1,1,1,1",
+    result = runner.invoke(distill_cmd, [teacher, "--student", "resnet_small:widths=2,4,8,32;blocks=1,1,1,1",
                                          "-o", str(tmp_path / "student"), *small])
     assert result.exit_code == 0, result.output
     student = zoo.from_pretrained(tmp_path / "student")
-    assert student.arch_kwargs["widths"] == [8, 16, 32, 128]
+    assert student.arch_kwargs["widths"] == [2, 4, 8, 32]
     _onnx_parity(tmp_path / "student")
 
     again = runner.invoke(distill_cmd, [teacher, "--student", "resnet_small", "-o", str(tmp_path / "student"), *small])
     assert again.exit_code != 0 and "not empty" in str(again.exception or again.output)
-    narrow = runner.invoke(distill_cmd, [teacher, "--student", "resnet_small:widths=8,16,32,64",
+    narrow = runner.invoke(distill_cmd, [teacher, "--student", "resnet_small:widths=2,4,8,16",
                                          "-o", str(tmp_path / "narrow"), *small])
     assert narrow.exit_code != 0 and "embedding" in str(narrow.exception or narrow.output)

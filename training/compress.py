@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from zoo.cli import NON_EMPTY, OutputPath, no_progress_option
+from zoo.cli import NON_EMPTY, OutputPath
 from zoo.errors import UsageError
 
 MIN_KEEP = 0.1          # --scope global keeps at least this share of every group
@@ -300,9 +300,7 @@ def masks_for(groups: Sequence[ChannelGroup], kept: dict[str, Sequence[int]]) ->
 @click.option("--lr", type=click.FloatRange(1e-7, 10.0), default=1e-3, show_default=True)
 @click.option("--lsh-weight", type=click.FloatRange(0.0, 1000.0), default=1.0, show_default=True)
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
-@no_progress_option
-def compress_cmd(name, ratio, out, data, images, score_images, scope, steps, batch_size, lr, lsh_weight, seed,
-                 no_progress):
+def compress_cmd(name, ratio, out, data, images, score_images, scope, steps, batch_size, lr, lsh_weight, seed):
     """Prune NAME's channels by CURL's KL criterion, then recover by mimicking the original's embedding.
 
     NAME: a checkpoint folder, run folder, registry name or random:NAME. Writes a normal checkpoint
@@ -310,24 +308,25 @@ def compress_cmd(name, ratio, out, data, images, score_images, scope, steps, bat
     zoo.from_pretrained, zoo export --onnx and zoo extract load like any other.
     """
     from training.cli import _command_line
-    from training.distill import (MimicSettings, embedding_agreement, image_tensor, load_teacher, mimic,
-                                  parameter_count, save_checkpoint)
+    from training.distill import (HELD_OUT, MimicSettings, embedding_agreement, image_tensor, load_teacher, mimic,
+                                  new_output_folder, parameter_count, save_checkpoint)
 
     log = lambda s: click.echo(s, err=True)  # noqa: E731
-    teacher = load_teacher(name, data, seed)
+    new_output_folder(out)
+    teacher = load_teacher(name, data, seed, min(images, HELD_OUT))
     groups = channel_groups(teacher)
     x = image_tensor(data, images, teacher.entry.input, seed=seed)
     scores = importance_scores(teacher, x[:score_images], groups, log)
     kept = select_channels(scores, {g.name: g.floor for g in groups}, ratio, scope)
     student = prune_model(teacher, kept)
-    held_out = image_tensor(data, 512, teacher.entry.input, seed=seed + 1, split="test")
+    held_out = image_tensor(data, min(images, HELD_OUT), teacher.entry.input, seed=seed + 1, split="test")
     before = embedding_agreement(student, teacher, held_out)
     log(f"pruned {parameter_count(teacher):,} -> {parameter_count(student):,} parameters; widths "
         f"{student.arch_kwargs['widths']}; mean cosine to the original before recovery {before:.4f}")
     settings = MimicSettings(steps=steps, batch_size=batch_size, lr=lr, lsh_weight=lsh_weight, seed=seed)
     history = mimic(student, teacher, x, settings, log) if steps else {"steps": 0}
     after = embedding_agreement(student, teacher, held_out)
-    log(f"mean cosine(pruned, original) on 512 held-out images after recovery: {after:.4f}")
+    log(f"mean cosine(pruned, original) on {len(held_out)} held-out images after recovery: {after:.4f}")
     save_checkpoint(student, out, compression={
         "method": "CURL pruning (KL importance, residual channels per stage, arXiv 1911.08114) + recovery by "
                   "feature mimicking (L2 + LSH)", "original": str(name), "prune": ratio, "scope": scope,

@@ -34,8 +34,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from zoo.cli import NON_EMPTY, OutputPath, no_progress_option
+from zoo.cli import NON_EMPTY, OutputPath
 from zoo.errors import UsageError
+
+HELD_OUT = 512  # test-split images (at most --images) on which the student's agreement is reported
 
 # ---------------------------------------------------------------------------------------------
 # The loss (pure functions)
@@ -184,7 +186,7 @@ def mimic(student: nn.Module, teacher: nn.Module, images: torch.Tensor, settings
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if (step + 1) % max(1, settings.steps // 10) == 0 or step + 1 == settings.steps:
             log(f"step {step + 1}/{settings.steps}: loss {sum(losses[-20:]) / len(losses[-20:]):.4f}")
     student.eval()
@@ -202,27 +204,37 @@ def embedding_agreement(student: nn.Module, teacher: nn.Module, images: torch.Te
     return float(F.cosine_similarity(s, t, dim=1).mean())
 
 
-def load_teacher(name_or_dir: str, data: str | None, seed: int = 0) -> nn.Module:
+def load_teacher(name_or_dir: str, data: str | None, seed: int = 0, images: int = 512) -> nn.Module:
     """A checkpoint folder, run folder, registry name / Hub id (published weights) or ``random:NAME``
-    (random weights, BatchNorm statistics measured on ``data``: for speed measurements and tests)."""
+    (random weights, BatchNorm statistics measured on ``images`` of ``data``: for speed measurements)."""
     from training.data import open_dataset
     from training.evaluation import calibrate_batchnorm, load_model
 
     loaded = load_model(name_or_dir, seed=seed)
     model = loaded.model
     if loaded.source == "random-init":
-        model = calibrate_batchnorm(model, open_dataset(data or "fmnist", "train", single_image_length=512), images=512)
+        model = calibrate_batchnorm(model, open_dataset(data or "fmnist", "train", single_image_length=images),
+                                    images=images)
     return model.eval()
 
 
-def save_checkpoint(model: nn.Module, out: Path, **extra: Any) -> Path:
-    """Write ``model`` as a checkpoint folder at ``out`` (which must not hold anything yet: nothing
-    already written is replaced), staged beside it and renamed into place when complete."""
-    from zoo.fileset import check_output_folder, new_staging
+def new_output_folder(out: Path) -> Path:
+    """``out`` resolved, refused in one line if it holds anything: nothing already written is replaced.
+    Checked before any work, and again before writing."""
+    from zoo.fileset import check_output_folder
 
     out = check_output_folder(out, "--out")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out {out} already exists and is not empty; name a new folder")
+    return out
+
+
+def save_checkpoint(model: nn.Module, out: Path, **extra: Any) -> Path:
+    """Write ``model`` as a checkpoint folder at ``out`` (``new_output_folder``), staged beside it and
+    renamed into place when complete."""
+    from zoo.fileset import new_staging
+
+    out = new_output_folder(out)
     staging = new_staging(out)
     model.save_pretrained(staging, **extra)
     if out.exists():
@@ -254,9 +266,7 @@ def parameter_count(model: nn.Module) -> int:
 @click.option("--lsh-planes", type=click.IntRange(0, 1 << 16), default=0,
               help="Random hyperplanes (default: 4 per embedding dimension).")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
-@no_progress_option
-def distill_cmd(teacher, student_spec, out, data, images, steps, batch_size, lr, lsh_weight, lsh_planes, seed,
-                no_progress):
+def distill_cmd(teacher, student_spec, out, data, images, steps, batch_size, lr, lsh_weight, lsh_planes, seed):
     """Train a smaller STUDENT to mimic TEACHER's embedding (L2 + LSH loss, arXiv 2011.01424).
 
     TEACHER: a checkpoint folder, run folder, registry name or random:NAME. The student is written
@@ -266,7 +276,8 @@ def distill_cmd(teacher, student_spec, out, data, images, steps, batch_size, lr,
     from zoo.registry import create_model
 
     log = lambda s: click.echo(s, err=True)  # noqa: E731
-    teacher_model = load_teacher(teacher, data, seed)
+    new_output_folder(out)
+    teacher_model = load_teacher(teacher, data, seed, min(images, HELD_OUT))
     overrides = parse_student(student_spec, teacher_model.entry.arch)
     arch_kwargs = {**dict(teacher_model.arch_kwargs), **overrides}
     with torch.random.fork_rng(devices=[]):
@@ -282,9 +293,9 @@ def distill_cmd(teacher, student_spec, out, data, images, steps, batch_size, lr,
     log(f"distilling {teacher} ({parameter_count(teacher_model):,} parameters) into {student_spec} "
         f"({parameter_count(student):,}) on {len(x)} images")
     history = mimic(student, teacher_model, x, settings, log)
-    held_out = image_tensor(data, 512, teacher_model.entry.input, seed=seed + 1, split="test")
+    held_out = image_tensor(data, min(images, HELD_OUT), teacher_model.entry.input, seed=seed + 1, split="test")
     agreement = embedding_agreement(student, teacher_model, held_out)
-    log(f"mean cosine(student, teacher) on 512 held-out images: {agreement:.4f}")
+    log(f"mean cosine(student, teacher) on {len(held_out)} held-out images: {agreement:.4f}")
     from training.cli import _command_line
 
     save_checkpoint(student, out, compression={
