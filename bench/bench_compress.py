@@ -106,7 +106,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="JSON results")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    evals = {k: eval_numbers(v) for k, v in (e.split("=", 1) for e in args.eval)}
     rows, engines, batches = [], {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         groups = [[]]
@@ -124,7 +123,7 @@ def main() -> None:
                 engines.update({(label, k): e for k, e in engs.items()})
                 rows.append({"label": label, "source": source, "input": spec.input.size, "dim": spec.dim,
                              "parameters": sum(p.numel() for p in backbone.parameters()),
-                             "gflops": model_gflops(model, torch.from_numpy(batch)), **evals.get(label, {})})
+                             "gflops": model_gflops(model, torch.from_numpy(batch))})
             # one interleaved measurement per group: every model of the group under the same load
             labels = [g[0] for g in group]
             for kind in ("eager", "ort"):
@@ -138,6 +137,9 @@ def main() -> None:
                 if row["label"] in labels:
                     for kind in ("eager", "ort"):
                         row[f"{kind}_speedup"] = row[f"{kind}_img_s"] / base[f"{kind}_img_s"]
+    evals = {k: eval_numbers(v) for k, v in (e.split("=", 1) for e in args.eval)}  # read last: evals may still run
+    for row in rows:
+        row.update(evals.get(row["label"], {}))
     cpu = f"{_cpu_name()} ({cpu_flags()}), {args.threads} threads, batch {args.batch_size}"
     print(f"\nCPU: {cpu}\ncommand: python {' '.join(sys.argv)}\n")
     print("| model | input | params | GFLOPs | eager img/s | ORT fp32 img/s | speed-up (eager / ORT) | kNN top-1 | mAP |")
