@@ -77,12 +77,15 @@ def resnet50_models(size_ratios=(0.3, 0.5)):
 
 def eval_numbers(path: str) -> dict:
     """kNN top-1 and copy-detection mAP from a ``zoo eval --json-out`` file."""
+    if not Path(path).is_file():
+        log(f"{path} not written (yet): no kNN / mAP for it")
+        return {}
     report = json.loads(Path(path).read_text())
     out = {}
     for result in report["results"]:
         if result.get("protocol_id") == "knn":
             out["knn"] = result["value"]
-        elif result.get("protocol_id") == "retrieval":
+        elif result.get("protocol_id") == "retrieval" and result.get("metric") == "mAP":
             out["mAP"] = result["value"]
     return out
 
