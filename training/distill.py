@@ -23,7 +23,6 @@ The same loop, ``mimic``, is the recovery step of ``zoo compress`` (training/com
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,16 +229,11 @@ def new_output_folder(out: Path) -> Path:
 
 
 def save_checkpoint(model: nn.Module, out: Path, **extra: Any) -> Path:
-    """Write ``model`` as a checkpoint folder at ``out`` (``new_output_folder``), staged beside it and
-    renamed into place when complete."""
-    from zoo.fileset import new_staging
-
+    """Write ``model`` as a checkpoint folder at ``out`` (``new_output_folder``: nothing is replaced).
+    ``save_pretrained`` writes the weights first and config.json last, each atomically, so a folder
+    with a config is complete; the card names the folder itself."""
     out = new_output_folder(out)
-    staging = new_staging(out)
-    model.save_pretrained(staging, **extra)
-    if out.exists():
-        out.rmdir()
-    os.rename(staging, out)
+    model.save_pretrained(out, **extra)
     return out
 
 
