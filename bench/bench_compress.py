@@ -149,7 +149,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['label']} | {r['input']} px | {r['parameters'] / 1e6:.3f} M | {r['gflops']:.3f} | "
-              f"{r['eager_img_s']:,.0f} | {r['ort_img_s']:,.0f} | {r['eager_speedup']:.2f}x / {r['ort_speedup']:.2f}x | "
+              f"{r['eager_img_s']:,.1f} | {r['ort_img_s']:,.1f} | {r['eager_speedup']:.2f}x / {r['ort_speedup']:.2f}x | "
               f"{r.get('knn', '-')} | {r.get('mAP', '-')} |")
     if args.out:
         args.out.write_text(json.dumps({"cpu": cpu, "command": sys.argv, "rows": rows}, indent=2) + "\n")
