@@ -52,6 +52,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
 
     config = json.loads((killed / "model" / "config.json").read_text())
     assert config["training"]["steps"] == 24 and config["training"]["epochs"] == 2
+    assert (config["training"]["precision"], config["training"]["threads"]) == ("fp32", 1)  # tiny: fp32 everywhere
     steps = [r["step"] for r in _records(killed) if "event" not in r]
     assert steps == list(range(1, 25))  # records of the lost steps were dropped, none duplicated
     a, b = _weights(whole), _weights(killed)
