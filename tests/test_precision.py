@@ -43,8 +43,8 @@ def test_auto_on_cuda_is_bf16_where_supported_else_fp16_with_a_scaler():
 
 def test_an_explicit_precision_is_kept_and_emulated_bf16_is_flagged(tmp_path):
     zen3 = _flags(tmp_path, ZEN3)
-    assert resolve_precision("fp32", "cpu", _flags(tmp_path, SAPPHIRE_RAPIDS)) == ("fp32", "asked for")
-    assert resolve_precision("fp16", "cuda", cuda_bf16=True) == ("fp16", "asked for")
+    assert resolve_precision("fp32", "cpu", _flags(tmp_path, SAPPHIRE_RAPIDS)) == ("fp32", "fixed by the recipe or --precision")
+    assert resolve_precision("fp16", "cuda", cuda_bf16=True) == ("fp16", "fixed by the recipe or --precision")
     precision, why = resolve_precision("bf16", "cpu", zen3)
     assert precision == "bf16" and "emulated" in why
 
@@ -75,7 +75,7 @@ def test_an_explicit_precision_overrides_the_recipe_and_the_run_records_what_ran
     recipe = get_recipe("simclr", "tiny").replace(limit=32, batch_size=16, precision="bf16")
     fit(method_module("simclr").METHOD, recipe, tmp_path, progress=False)
     training = json.loads((tmp_path / "model" / "config.json").read_text())["training"]
-    assert training["precision"] == "bf16" and training["precision_reason"].startswith("asked for")
+    assert training["precision"] == "bf16" and training["precision_reason"].startswith("fixed by the recipe")
     assert training["threads"] == torch.get_num_threads() and training["cpu"]
     end = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert (end["event"], end["precision"], end["threads"]) == ("end", "bf16", torch.get_num_threads())

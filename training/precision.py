@@ -51,8 +51,8 @@ def resolve_precision(requested: str, device_type: str, flags: frozenset[str] = 
     ``device_type`` ("cpu" or "cuda") whose CPU has ``flags`` / whose CUDA device supports bf16."""
     if requested != "auto":
         if requested == "bf16" and device_type == "cpu" and not flags & set(NATIVE_BF16_CPU_FLAGS):
-            return requested, "asked for; this CPU has no native bf16 (no avx512_bf16 or amx_bf16): emulated, slow"
-        return requested, "asked for"
+            return requested, "fixed by the recipe or --precision; this CPU has no native bf16 (no avx512_bf16 or amx_bf16): emulated, slow"
+        return requested, "fixed by the recipe or --precision"
     if device_type == "cuda":
         if cuda_bf16:
             return "bf16", "auto: the CUDA device computes in bf16"
