@@ -79,3 +79,17 @@ def test_an_explicit_precision_overrides_the_recipe_and_the_run_records_what_ran
     assert training["threads"] == torch.get_num_threads() and training["cpu"]
     end = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert (end["event"], end["precision"], end["threads"]) == ("end", "bf16", torch.get_num_threads())
+
+
+def test_resuming_on_a_machine_that_picks_another_precision_says_so(tmp_path, monkeypatch, capsys):
+    import training.engine as engine
+
+    recipe = get_recipe("simclr", "tiny").replace(limit=32, batch_size=16, precision="auto")
+    monkeypatch.setattr(engine, "machine_precision", lambda requested, device: ("bf16", "auto: the CPU has amx_bf16"))
+    fit(method_module("simclr").METHOD, recipe, tmp_path, progress=False)
+    capsys.readouterr()
+    monkeypatch.setattr(engine, "machine_precision", lambda requested, device: ("fp32", "auto: no bf16"))
+    fit(method_module("simclr").METHOD, recipe.replace(epochs=2), tmp_path, resume=True, progress=False)
+    err = capsys.readouterr().err
+    assert "the checkpoint's steps ran in bf16, these run in fp32" in err and "--precision bf16" in err
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["training"]["precision"] == "fp32"
