@@ -53,6 +53,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
 
     config = json.loads((killed / "model" / "config.json").read_text())
     assert config["training"]["steps"] == 24 and config["training"]["epochs"] == 2
+    assert (config["training"]["precision"], config["training"]["threads"]) == ("fp32", 1)  # tiny: fp32 everywhere
     steps = [r["step"] for r in _records(killed) if "event" not in r]
     assert steps == list(range(1, 25))  # records of the lost steps were dropped, none duplicated
     a, b = _weights(whole), _weights(killed)
@@ -278,3 +279,18 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_file(
     assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr
     assert res.stderr.startswith(f"error: disk full while writing {run / 'checkpoints' / 'step-00000002.pt'} (")
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000001.pt"]
+
+
+def test_a_sample_draws_from_its_own_seed_and_leaves_the_global_generator_as_it_was():
+    from training.data import SampleView, sample_seed
+
+    images = [(torch.full((1, 4, 4), i, dtype=torch.uint8), i) for i in range(3)]
+    view = SampleView(images, lambda image: image.float() + torch.rand(4), seed=7)
+    view.epoch = 2
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    x, label, index = view[1]
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's random stream is untouched
+    torch.manual_seed(sample_seed(7, 2, 1))  # what the sample's draws are defined to be
+    assert torch.equal(x, images[1][0].float() + torch.rand(4)) and (label, index) == (1, 1)
+    assert not torch.equal(view[1][0], view[2][0] - 1)  # another index, other draws

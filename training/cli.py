@@ -56,7 +56,9 @@ def _complete_method(ctx, param, incomplete: str):
 @click.option("--limit", type=click.IntRange(1, MAX_IMAGES), default=None, help="Train on a fixed random subset of N images.")
 @click.option("--accumulate", type=click.IntRange(1, MAX_ACCUMULATE), default=None, help="Gradient accumulation steps.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None,
-              help="auto: bf16 (or fp16) autocast on CUDA, fp32 on CPU.")
+              help="Override the recipe's precision. auto: bf16 autocast where the CPU (avx512_bf16, amx_bf16) or "
+                   "CUDA device computes in bf16, fp32 on other CPUs, fp16 with a gradient scaler on CUDA without bf16; "
+                   "config.json records what ran and why.")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None, help="Override the recipe's seed.")
 @click.option("--workers", type=click.IntRange(0, MAX_WORKERS), default=None, help="Data-loading processes per rank.")
 @click.option("--checkpoint-every", type=click.IntRange(0, MAX_IMAGES), default=None,

@@ -53,7 +53,9 @@ dataset sharded over ranks, ``ctx.broadcast`` to share rank 0's decision):
     them in ``on_fit_start``; on ``--resume`` each takes its shape from the checkpoint.
 
 What the engine does: the loop; the optimiser and learning-rate schedule from the recipe;
-mixed precision (bf16, or fp16 with a gradient scaler, on CUDA; fp32 on CPU unless asked);
+mixed precision (``training.precision``: a recipe's ``auto`` is bf16 where the CPU or GPU computes
+in bf16, fp32 on other CPUs, fp16 with a gradient scaler on CUDA devices without bf16; the run's
+config.json records the precision that ran, why, the thread count and the CPU);
 gradient accumulation (with DDP's ``no_sync``); DDP under ``torchrun`` (gloo on CPU, nccl on
 GPU) with a ``DistributedSampler`` and BN running statistics averaged over ranks at every epoch
 end and checkpoint; deterministic seeding (per-sample augmentation seeds depend only on seed,
@@ -90,6 +92,7 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from training.data import SampleView, SkipCounter, collate_skipping, describe, iterate_batches, limit_dataset, open_dataset
+from training.precision import cpu_name, machine_precision
 from training.recipes import Recipe
 from zoo.cli import progress_wanted
 from zoo.checkpoint import atomic_write, atomic_write_text, state_dict_sha256
@@ -355,14 +358,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _precision(recipe: Recipe, device: torch.device) -> str:
-    if recipe.precision != "auto":
-        return recipe.precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
-
-
 class JsonlLog:
     """Append-only metrics log; on resume, records past the restored step are dropped."""
 
@@ -447,7 +442,9 @@ class Trainer:
         self.dataset = limit_dataset(open_dataset(data, "train"), recipe.limit, recipe.seed)
         self.method = method = method_cls(recipe).to(d.device)
         self.optimizer = _build_optimizer(method, recipe)
-        precision = _precision(recipe, d.device)
+        self.precision, self.precision_reason = precision, reason = machine_precision(recipe.precision, d.device)
+        if d.is_main and "emulated" in reason:
+            click.echo(f"warning: precision bf16 {reason}; --precision auto would pick fp32", err=True)
         self.scaler = torch.amp.GradScaler(d.device.type, enabled=precision == "fp16")
         self.model: nn.Module = method
         if d.enabled:
@@ -499,6 +496,10 @@ class Trainer:
         if changed and d.is_main:
             click.echo(f"warning: resuming with changed settings ({', '.join(changed)}); the result will differ "
                        "from an uninterrupted run", err=True)
+        if state.get("precision", self.precision) != self.precision and d.is_main:
+            click.echo(f"warning: the checkpoint's steps ran in {state['precision']}, these run in {self.precision} "
+                       f"({self.precision_reason}); pass --precision {state['precision']} for the same weights as "
+                       "an uninterrupted run", err=True)
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
@@ -533,6 +534,7 @@ class Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
                 "rng": rngs, "seconds": self.seconds(), "skipped": self.ctx.skipped.skipped,
                 "recipe": json.dumps(self.recipe.to_dict(), default=str), "world_size": d.world_size,
+                "precision": self.precision,
             }
             if self.epoch_indices is not None:
                 state["epoch_indices"] = self.epoch_indices
@@ -658,10 +660,14 @@ class Trainer:
                 "metrics": {k: round(float(v), 4) for k, v in metrics.items()},
                 "final": {k: round(v, 4) for k, v in self.last.items()}, "world_size": d.world_size,
                 "seed": recipe.seed, "batch_size": recipe.batch_size, "skipped_images": total_skipped,
+                "precision": self.precision, "precision_reason": self.precision_reason,
+                "threads": torch.get_num_threads(), "cpu": cpu_name(),
                 "hyperparameters": recipe.to_dict(),
             }
             method.pretrained_model().save_pretrained(model_dir, training=training)
             self.log.write(event="end", step=ctx.step, seconds=round(seconds, 1), skipped_images=total_skipped,
+                           precision=self.precision, precision_reason=self.precision_reason,
+                           threads=torch.get_num_threads(),
                            rank_digests=digests, **{f"eval_{k}": v for k, v in metrics.items()})
             click.echo(f"trained {recipe.method} ({recipe.name}) for {ctx.step} steps in {seconds:.0f} s; "
                        + (", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + "; " if metrics else "")

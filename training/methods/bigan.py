@@ -256,7 +256,7 @@ RECIPES = method_recipes(__name__, {
     # gave 65.8.
     "small": small_recipe(
         model="bigan_resnet_small_fmnist", epochs=2, batch_size=64, limit=10_000, heldout_limit=2_000,
-        precision="bf16", optimizer=Optimizer("adam", lr=1e-3, betas=(0.5, 0.999), weight_decay=2.5e-5),
+        optimizer=Optimizer("adam", lr=1e-3, betas=(0.5, 0.999), weight_decay=2.5e-5),
         checkpoint_every=50, log_every=10,
         options=BiGANOptions(latent_dim=50, generator_width=32, discriminator_width=32, discriminator_hidden=256,
                              discriminator_dropout=0.2, spectral_norm=True, image_noise=1.0,

@@ -135,6 +135,7 @@ RECIPES = method_recipes(__name__, {
     # (DeepCluster needs many steps per clustering to fit the new labels), 8 epochs.
     "small": small_recipe(
         model="deepcluster_resnet_small_fmnist", epochs=8, batch_size=64,
+        precision="fp32",  # its shipped weights were trained in fp32, which `auto` was on every CPU then
         optimizer=Optimizer(lr=0.05, weight_decay=1e-5), limit=15_000, checkpoint_every=100, log_every=10,
         options=DeepClusterOptions(clusters=100, pca_dim=32, augment="crop-flip"),
         source="the paper recipe scaled down (S3L: small images, network and data)"),

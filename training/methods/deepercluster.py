@@ -187,6 +187,7 @@ RECIPES = method_recipes(__name__, {
     # 8 epochs, batch 64.
     "small": small_recipe(
         model="deepercluster_resnet_small_fmnist", epochs=8, batch_size=64,
+        precision="fp32",  # its shipped weights were trained in fp32, which `auto` was on every CPU then
         optimizer=Optimizer(lr=0.05, weight_decay=1e-5), limit=15_000, checkpoint_every=100, log_every=10,
         options=DeeperClusterOptions(clusters=100, super_clusters=2, pca_dim=32, reassign_every=2,
                                      augment="crop-flip"),

@@ -153,7 +153,7 @@ RECIPES = method_recipes(__name__, {
     # Measured once (seed 0): 125 s of CPU on one thread; loss 6.21 (chance) -> 3.16, training
     # accuracy 30 % in the last epoch; kNN top-1 75.8 at layer3, 75.5 at layer4 (random init 65.5 +- 2.6).
     "small": small_recipe(
-        model="exemplar_resnet_small_fmnist", epochs=120, batch_size=100, limit=500, precision="bf16",
+        model="exemplar_resnet_small_fmnist", epochs=120, batch_size=100, limit=500,
         optimizer=Optimizer(lr=0.1, weight_decay=5e-4, nesterov=True),
         schedule=Schedule("cosine", warmup_epochs=2), checkpoint_every=50, log_every=5,
         options=ExemplarOptions(), source="Dosovitskiy et al., NIPS 2014, scaled down"),

@@ -171,7 +171,7 @@ RECIPES = method_recipes(__name__, {
     # 100 permutations: 97.7 % and kNN 68.0, no better within one seed's noise.
     "small": small_recipe(
         model="jigsaw_resnet_small_fmnist", epochs=6, batch_size=128, limit=10_000, heldout_limit=2_000,
-        precision="bf16", optimizer=Optimizer(lr=0.05, weight_decay=5e-4, nesterov=True),
+        optimizer=Optimizer(lr=0.05, weight_decay=5e-4, nesterov=True),
         schedule=Schedule("cosine", warmup_epochs=0.2), checkpoint_every=20, log_every=5,
         options=JigsawOptions(permutations=64, crop=30, resize=32, tile=9, tile_dim=128, hidden_dim=512),
         source="Noroozi & Favaro, ECCV 2016, scaled down"),

@@ -192,7 +192,7 @@ RECIPES = method_recipes(__name__, {
     # exemplar training accuracy 1.0 -> 2.7 % (chance 0.4); kNN 69.9 vs random init 65.5 +- 2.6.
     "small": small_recipe(
         model="multitask_resnet_small_fmnist", epochs=2, batch_size=128, limit=8_000, heldout_limit=2_000,
-        optimizer=Optimizer(lr=0.05, weight_decay=5e-4), precision="bf16",
+        optimizer=Optimizer(lr=0.05, weight_decay=5e-4),
         schedule=Schedule("cosine", warmup_epochs=0.1), checkpoint_every=50, log_every=10,
         options=MultiTaskOptions(exemplar_classes=250), source="Doersch & Zisserman 2017, scaled down"),
     "tiny": tiny_recipe(

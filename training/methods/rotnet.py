@@ -94,6 +94,7 @@ RECIPES = method_recipes(__name__, {
     # optimiser (SGD 0.1, Nesterov, wd 5e-4, x0.2 steps) compressed into those epochs.
     "small": small_recipe(
         model="rotnet_nin_fmnist", epochs=2, batch_size=64,
+        precision="fp32",  # its shipped weights were trained in fp32, which `auto` was on every CPU then
         optimizer=Optimizer(lr=0.1, weight_decay=5e-4, nesterov=True),
         schedule=Schedule("step", milestones=(1.2, 1.7), gamma=0.2, warmup_epochs=0.1),
         limit=12_800, heldout_limit=2_000, checkpoint_every=50, log_every=10, options=RotNetOptions(),

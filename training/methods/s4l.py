@@ -200,7 +200,7 @@ METHOD = S4L
 # supervised-only recipe 72.9 %: at 5 epochs of the labelled set the rotation loss and the
 # rotated copies of the labelled images still slow the classifier down (the paper trains 200).
 _SMALL = dict(model="s4l_resnet_small_fmnist", epochs=1, batch_size=128, limit=16_000, heldout_limit=5_000,
-              precision="bf16", schedule=Schedule("step", milestones=(0.7, 0.8, 0.9), warmup_epochs=0.05),
+              schedule=Schedule("step", milestones=(0.7, 0.8, 0.9), warmup_epochs=0.05),
               checkpoint_every=20, log_every=5)
 
 _SMALL_MWH = MixupWithoutHesitation(period=0.05)

@@ -91,6 +91,7 @@ RECIPES = method_recipes(__name__, {
     # S3L scale: random 32x32 crops of the shipped colour photographs, two half-width small ResNets.
     "small": small_recipe(
         model="splitbrain_resnet_small_photos", data="photo-crops", epochs=2, batch_size=64, limit=12_800,
+        precision="fp32",  # its shipped weights were trained in fp32, which `auto` was on every CPU then
         optimizer=Optimizer("adam", lr=2e-3, weight_decay=1e-4, betas=(0.9, 0.99)),
         schedule=Schedule("cosine", warmup_epochs=0.1), checkpoint_every=50, log_every=10,
         options=SplitBrainOptions(),
