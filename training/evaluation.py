@@ -834,20 +834,26 @@ def evaluate(models: Sequence[str], protocols: Sequence[str], data: str | None =
                 entry["ci95"] = [round(v, 2) for v in chosen["ci95"]]
                 entry["parts"] = _retrieval_parts(per_seed, summary["layer_per_seed"])
             if baseline_seeds:
-                base = summarise_seeds([scores[protocol][key] for scores in base_scores])
-                entry["baseline"] = {"random-init": round(base["value"], 2)}
-                if base["std"] is not None:
-                    entry["baseline_std"] = {"random-init": round(base["std"], 2)}
-                entry["baseline_per_seed"] = {"random-init": base["per_seed"]}
-                entry["baseline_layer"] = {"random-init": base["layer"]}
-                entry["baseline_per_layer"] = {"random-init": {n: round(v, 2) for n, v in base["per_layer"].items()}}
-                beats = beats_random_init(summary["value"], summary["std"], base["value"], base["std"])
-                if beats is not None:  # untested without a spread on both sides
-                    entry["beats_baseline"] = beats
+                entry.update(_random_init_fields(summary, [scores[protocol][key] for scores in base_scores]))
             if protocol == "photo-retrieval":
                 entry.setdefault("baseline", {})[RAW_PIXELS] = round(raw_pixel_scores(settings.seed)[key], 2)
             results.append(entry)
     return _report(loaded, protocols, command, eval_data, counter, results)
+
+
+def _random_init_fields(summary: dict, base_per_seed: list) -> dict[str, Any]:
+    """The random-init baseline's entries of a result beside the model's ``summary``."""
+    base = summarise_seeds(base_per_seed)
+    fields: dict[str, Any] = {"baseline": {"random-init": round(base["value"], 2)}}
+    if base["std"] is not None:
+        fields["baseline_std"] = {"random-init": round(base["std"], 2)}
+    fields["baseline_per_seed"] = {"random-init": base["per_seed"]}
+    fields["baseline_layer"] = {"random-init": base["layer"]}
+    fields["baseline_per_layer"] = {"random-init": {n: round(v, 2) for n, v in base["per_layer"].items()}}
+    beats = beats_random_init(summary["value"], summary["std"], base["value"], base["std"])
+    if beats is not None:  # untested without a spread on both sides
+        fields["beats_baseline"] = beats
+    return fields
 
 
 _RETRIEVAL_DATASETS = {"retrieval": "Fashion-MNIST copy detection", "photo-retrieval": "held-out photo copy detection"}
