@@ -42,7 +42,10 @@ def indexed(tmp_path_factory):
     photos.mkdir()
     for name, photo in list(load_photos().items())[:PHOTOS]:
         Image.fromarray(photo).save(photos / f"{name}.jpg", quality=90)
-    assert main(["extract", "rotnet_nin_fmnist", str(photos), "-o", str(root / "emb"), "--no-progress"]) == 0
+    # the engine named, not auto: this module-scoped fixture runs before conftest points ZOO_CACHE and
+    # ZOO_ENGINE at a test folder, and an auto choice would measure engines into the user's cache
+    assert main(["extract", "rotnet_nin_fmnist", str(photos), "-o", str(root / "emb"), "--engine", "onnx",
+                 "--no-progress"]) == 0
     assert main(["index", "build", str(root / "emb"), "-o", str(root / "ix")]) == 0
     return photos, root / "ix"
 
