@@ -50,22 +50,17 @@ def add_basic_block_stages(module: nn.Module, cin: int, widths: Sequence[int], b
     ``inner_widths[stage][block]`` is the channel count between a block's two convolutions (default:
     the stage width); a pruned network (``zoo compress``) narrows it without changing any key."""
     inner_widths = check_inner_widths(inner_widths, blocks, per_block=1)
-    for i, (width, n) in enumerate(zip(widths, blocks), start=1):
-        stride = 1 if i == 1 else 2
-        layer = []
-        for j in range(n):
-            down = None
-            if j == 0 and (stride != 1 or cin != width):
-                down = nn.Sequential(nn.Conv2d(cin, width, 1, stride=stride, bias=False), norm(width))
-            made = block(cin, width, stride=stride if j == 0 else 1, downsample=down, norm_layer=norm)
-            if inner_widths is not None and inner_widths[i - 1][j][0] != width:
-                inner = inner_widths[i - 1][j][0]
-                made.conv1 = nn.Conv2d(cin, inner, 3, stride=stride if j == 0 else 1, padding=1, bias=False)
-                made.bn1 = norm(inner)
-                made.conv2 = nn.Conv2d(inner, width, 3, padding=1, bias=False)
-            layer.append(made)
-            cin = width
-        setattr(module, f"layer{i}", nn.Sequential(*layer))
+
+    def make(i, j, cin, width, stride, down):
+        made = block(cin, width, stride=stride, downsample=down, norm_layer=norm)
+        if inner_widths is not None and inner_widths[i][j][0] != width:
+            inner = inner_widths[i][j][0]
+            made.conv1 = nn.Conv2d(cin, inner, 3, stride=stride, padding=1, bias=False)
+            made.bn1 = norm(inner)
+            made.conv2 = nn.Conv2d(inner, width, 3, padding=1, bias=False)
+        return made
+
+    _add_stages(module, cin, widths, blocks, norm, make)
 
 
 def add_bottleneck_stages(module: nn.Module, cin: int, widths: Sequence[int], blocks: Sequence[int],
@@ -74,22 +69,33 @@ def add_bottleneck_stages(module: nn.Module, cin: int, widths: Sequence[int], bl
     and whose two inner widths (after ``conv1`` and ``conv2``) are ``inner_widths[stage][block]``: the
     shape of a pruned ResNet-50 (CURL's "wallet": channels pruned inside and outside the residual path).
     The stride sits on ``conv2``, as in torchvision's ResNet v1.5."""
-    for i, (width, n) in enumerate(zip(widths, blocks), start=1):
-        stride = 1 if i == 1 else 2
+    def make(i, j, cin, width, stride, down):
+        a, b = inner_widths[i][j]
+        block = tv_resnet.Bottleneck(cin, 1, stride=stride, downsample=down)
+        block.conv1, block.bn1 = nn.Conv2d(cin, a, 1, bias=False), nn.BatchNorm2d(a)
+        block.conv2 = nn.Conv2d(a, b, 3, stride=stride, padding=1, bias=False)
+        block.bn2 = nn.BatchNorm2d(b)
+        block.conv3, block.bn3 = nn.Conv2d(b, width, 1, bias=False), nn.BatchNorm2d(width)
+        return block
+
+    _add_stages(module, cin, widths, blocks, nn.BatchNorm2d, make)
+
+
+def _add_stages(module: nn.Module, cin: int, widths: Sequence[int], blocks: Sequence[int], norm, make) -> None:
+    """The stage loop both block kinds share: ``layer1``, ``layer2``, ... on ``module``, stride 2 from
+    the second stage on (in each stage's first block), a 1x1 conv + ``norm`` shortcut wherever the shape
+    changes; ``make(stage, block, cin, width, stride, shortcut)`` builds each block (0-based indices)."""
+    for i, (width, n) in enumerate(zip(widths, blocks)):
+        stage_stride = 1 if i == 0 else 2
         layer = []
         for j in range(n):
+            stride = stage_stride if j == 0 else 1
             down = None
             if j == 0 and (stride != 1 or cin != width):
-                down = nn.Sequential(nn.Conv2d(cin, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width))
-            a, b = inner_widths[i - 1][j]
-            block = tv_resnet.Bottleneck(cin, 1, stride=stride if j == 0 else 1, downsample=down)
-            block.conv1, block.bn1 = nn.Conv2d(cin, a, 1, bias=False), nn.BatchNorm2d(a)
-            block.conv2 = nn.Conv2d(a, b, 3, stride=stride if j == 0 else 1, padding=1, bias=False)
-            block.bn2 = nn.BatchNorm2d(b)
-            block.conv3, block.bn3 = nn.Conv2d(b, width, 1, bias=False), nn.BatchNorm2d(width)
-            layer.append(block)
+                down = nn.Sequential(nn.Conv2d(cin, width, 1, stride=stride, bias=False), norm(width))
+            layer.append(make(i, j, cin, width, stride, down))
             cin = width
-        setattr(module, f"layer{i}", nn.Sequential(*layer))
+        setattr(module, f"layer{i + 1}", nn.Sequential(*layer))
 
 
 def check_inner_widths(inner_widths, blocks: Sequence[int], per_block: int) -> list | None:
