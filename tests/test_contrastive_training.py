@@ -82,3 +82,27 @@ def test_cpc_transform_cuts_a_seven_by_seven_grid_of_patches():
     cls, recipe = _tiny("cpc")
     patches = cls(recipe).train_transform()(torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8))
     assert patches.shape == (49, 1, 8, 8)
+
+
+def test_narrow_resnet_trains_in_fp32_without_onednn_1x1_heap_corruption(tmp_path):
+    """oneDNN#6035: a strided 1x1 fp32 convolution on channels-last input of fewer than 16 channels
+    corrupts the heap in its weight gradient (the photos ResNet, widths 8-64, aborted at its first
+    backward pass). deepest_features keeps such networks contiguous in fp32; run in a child process
+    because a regression kills the process rather than failing an assertion."""
+    import subprocess
+    import sys
+
+    from conftest import HANG_GUARD_S
+    from training.features import _hits_onednn_1x1_bug
+
+    narrow = zoo.create_model("simclr_resnet_small_photos")  # widths 8-64: shortcut 1x1 conv 8 -> 16, stride 2
+    x = torch.zeros(2, 3, 64, 64)
+    assert _hits_onednn_1x1_bug(narrow, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not _hits_onednn_1x1_bug(narrow, x)  # bf16 convolutions: channels-last is safe and faster
+    assert not _hits_onednn_1x1_bug(zoo.create_model("simclr_resnet_small_fmnist"), torch.zeros(2, 3, 32, 32))
+    code = ("import torch, zoo\nfrom training.methods.heads import pooled_features\n"
+            "torch.manual_seed(0)\nm = zoo.create_model('simclr_resnet_small_photos').train()\n"
+            "for _ in range(3):\n    pooled_features(m, torch.randn(8, 3, 64, 64)).sum().backward()\nprint('ok')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-500:]
