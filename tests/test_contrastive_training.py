@@ -106,3 +106,16 @@ def test_narrow_resnet_trains_in_fp32_without_onednn_1x1_heap_corruption(tmp_pat
             "for _ in range(3):\n    pooled_features(m, torch.randn(8, 3, 64, 64)).sum().backward()\nprint('ok')\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-500:]
+
+
+def test_photos_recipe_pairs_training_photo_crops_with_their_copies(tmp_path):
+    """The colour-photo recipe through the real engine: its loader makes (crop, distorted copy)
+    pairs of the training photos, and two steps give a finite loss and a published backbone."""
+    recipe = get_recipe("simclr", "photos").replace(limit=16, batch_size=8, epochs=1, checkpoint_every=0, log_every=1,
+                                                     workers=0, precision="fp32")
+    assert recipe.options.copy_views and recipe.data == "training-photos"
+    result = fit(method_module("simclr").METHOD, recipe, tmp_path / "run", progress=False)
+    records = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r and "event" not in r]
+    assert result.steps == 2 and losses and all(math.isfinite(v) for v in losses)
+    assert zoo.from_pretrained(result.model_dir).entry.name == "simclr_resnet_small_photos"

@@ -80,3 +80,26 @@ def test_batched_views_match_the_model_input_and_differ():
     per_sample = Views(spec, views.recipes, batched=False)
     made = per_sample.transform()(image)
     assert len(made) == 2 and made[0].shape == (1, 32, 32) and per_sample(made) == made
+
+
+def test_copy_pair_is_the_image_and_its_distorted_copy_reproducibly():
+    from training.methods.views import copy_pair_transform
+    from training.transforms import eval_transform
+    from zoo.photos import load_photo
+    from zoo.registry import get_model_entry
+    from zoo.retrieval import shrink
+
+    spec = get_model_entry("simclr_resnet_small_photos").input  # 64x64 RGB
+    image = torch.from_numpy(shrink(load_photo("rocket"), 128)).permute(2, 0, 1)  # non-contiguous, as crops are
+    pair = copy_pair_transform(spec)
+    torch.manual_seed(3)
+    original, copy = pair(image)
+    assert original.shape == copy.shape == (3, 64, 64)
+    assert torch.equal(original, eval_transform(spec)(image))  # the database side: the image itself
+    assert (copy - original).abs().mean() > 0.05  # a strong copy, not the image
+    torch.manual_seed(3)
+    assert torch.equal(pair(image)[1], copy)  # the per-sample seed decides the copy
+    torch.manual_seed(4)
+    assert not torch.equal(pair(image)[1], copy)
+    grey = pair(image[:1])  # one-channel images are repeated into RGB, as at inference
+    assert grey[0].shape == grey[1].shape == (3, 64, 64)

@@ -192,3 +192,29 @@ class Views:
 
         with torch.autocast(x.device.type, enabled=False):
             return tuple(convert_and_normalise(r(x.float()), self.spec) for r in self.recipes)
+
+
+def copy_pair_transform(spec) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Per-sample transform for training copy detection: uint8 (C, H, W) image -> (the image, a
+    strongly distorted copy of it), each preprocessed for ``spec`` as at inference.
+
+    The copy is made by ``zoo.retrieval``'s chain (a geometric change, a photometric one and a
+    degradation, after a crop half the time): the distortions the copy-detection benchmarks draw
+    from, so the network learns to ignore exactly them. The image itself stays undistorted because
+    a copy-detection database holds originals. The random numbers come from torch's global
+    generator (one draw seeds numpy's), which ``training.data.SampleView`` seeds per sample.
+    """
+    import numpy as np
+
+    from training.transforms import eval_transform
+    from zoo.retrieval import copy_steps, distort
+
+    preprocess = eval_transform(spec)
+
+    def transform(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
+        rgb = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+        copy = distort(rgb.permute(1, 2, 0).numpy(), rng, copy_steps(rng))
+        return preprocess(image), preprocess(torch.from_numpy(copy).permute(2, 0, 1).contiguous())
+
+    return transform
