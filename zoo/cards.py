@@ -350,7 +350,7 @@ def _sections(entry: ModelEntry, results: dict | None, ours: list[Result], ours_
                + f"| License | {entry.license} |")
 
     out.append(_weights_section(entry, results, ckpt))
-    out.append(f"## Pretext task\n\n{method.pretext}")
+    out.append(f"## Pretext task\n\n{entry.pretext or method.pretext}")
     out.append("## Pretraining\n\n" + (_checkpoint_pretraining(entry, ckpt.config) if ckpt
                                        else _registry_pretraining(entry, results, results_file)))
 

@@ -128,6 +128,7 @@ class ModelEntry:
     embedding_layer: str = ""  # default layer for embeddings; "" means the last feature layer
     recipe: str = ""  # "small" / "paper" for models trained by sslzoo, "" for converted releases
     paper_results: tuple[PaperResult, ...] = ()
+    pretext: str = ""  # this model's own training task where it is not the method's usual one (cards)
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -454,7 +455,7 @@ _release("iic_net5g", "iic_net5g", IIC,
 
 def _ours(name: str, arch: str, method: MethodInfo, description: str,
           input: InputSpec = _FMNIST_32, data: str = "Fashion-MNIST", recipe: str = "small",
-          results: tuple[PaperResult, ...] = (), **arch_kwargs: Any) -> ModelEntry:
+          results: tuple[PaperResult, ...] = (), pretext: str = "", **arch_kwargs: Any) -> ModelEntry:
     """A model trained by sslzoo's own recipe: ``small`` (S3L: small resolution, network and data),
     or ``paper`` where the authors released no weights (``results`` are then the paper's numbers
     for its own model)."""
@@ -462,7 +463,7 @@ def _ours(name: str, arch: str, method: MethodInfo, description: str,
         name=name, arch=arch, method=method.name, pretrain_data=data, input=input,
         weights=Weights(hub_repo=_hub_repo(name, data)),
         paper=method.paper, license="apache-2.0", description=description, arch_kwargs=arch_kwargs,
-        recipe=recipe, paper_results=results,
+        recipe=recipe, paper_results=results, pretext=pretext,
     ))
 
 
@@ -545,15 +546,20 @@ _ours("splitbrain_resnet_small_photos", "splitbrain", SPLITBRAIN,
       "photographs (Split-brain, sslzoo's small recipe); features concatenated.", input=_LAB_32,
       data="shipped photos (random 32x32 crops)", half="resnet_small", widths=(8, 16, 32, 64), blocks=(1, 1, 1, 1))
 # sslzoo's colour-photo model, for copy detection and retrieval of real photos: the small ResNet with
-# RGB input at 64 px, trained by SimCLR on strongly augmented crops of the training photos only
-# (zoo.photos.TRAINING_PHOTOS; the held-out ones are what it is measured on), after Asano et al.'s
-# finding that a few images train early layers well (arXiv 1904.13132).
+# RGB input at 64 px, trained by SimCLR to match crops of the training photos only
+# (zoo.photos.TRAINING_PHOTOS; the held-out ones are what it is measured on) to copies of themselves
+# distorted by the copy-detection chain, after Asano et al.'s finding that a few images train early
+# layers well (arXiv 1904.13132).
 _PHOTOS_64 = InputSpec(size=64, resize=64)
 _ours("simclr_resnet_small_photos", "resnet_small", SIMCLR,
-      "A small 64x64 RGB ResNet trained with SimCLR on strongly augmented crops of the shipped training photos "
-      "(never the held-out ones), for copy detection and retrieval of colour photos (sslzoo's photos recipe).",
-      input=_PHOTOS_64, data="shipped training photos (augmented 64x64 crops)", recipe="photos",
-      in_channels=3, widths=(8, 16, 32, 64), blocks=(1, 1, 1, 1))
+      "A small 64x64 RGB ResNet trained with SimCLR for copy detection: crops of the shipped training photos "
+      "(never the held-out ones) against strongly distorted copies of themselves (sslzoo's photos recipe).",
+      input=_PHOTOS_64, data="shipped training photos (single-image-paper crops at 64 px and their distorted copies)",
+      recipe="photos", in_channels=3, widths=(8, 16, 32, 64), blocks=(1, 1, 1, 1),
+      pretext="SimCLR's NT-Xent loss, with copy detection's views: each crop of a training photo is paired with a "
+              "copy of itself made by the copy-detection chain of `zoo.retrieval` (a crop, rotation or flip; a colour "
+              "change or greyscale; blur, noise or heavy JPEG), never with a second crop, so that parts of one photo "
+              "stay apart. The crop must pick its own copy out of the batch's other crops and copies.")
 _ours("colorization_resnet50", "resnet50", COLORIZATION,
       "ResNet-50 on grey input trained to colourise ImageNet by sslzoo's paper recipe (the authors released "
       "Caffe VGG/AlexNet models, which are not converted).",
