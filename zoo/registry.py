@@ -559,7 +559,9 @@ _ours("simclr_resnet_small_photos", "resnet_small", SIMCLR,
       pretext="SimCLR's NT-Xent loss, with copy detection's views: each crop of a training photo is paired with a "
               "copy of itself made by the copy-detection chain of `zoo.retrieval` (a crop, rotation or flip; a colour "
               "change or greyscale; blur, noise or heavy JPEG), never with a second crop, so that parts of one photo "
-              "stay apart. The crop must pick its own copy out of the batch's other crops and copies.")
+              "stay apart. The crop must pick its own copy out of the batch's other crops and copies. The "
+              "held-out benchmark's queries come from the same chain, on photos the model never saw: its numbers "
+              "measure these distortions, not others.")
 _ours("colorization_resnet50", "resnet50", COLORIZATION,
       "ResNet-50 on grey input trained to colourise ImageNet by sslzoo's paper recipe (the authors released "
       "Caffe VGG/AlexNet models, which are not converted).",
