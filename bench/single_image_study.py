@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 FOLDER = Path(__file__).parent / "results" / "single_image_study"
-METHODS = {"rotnet": "RotNet", "bigan": "BiGAN", "deepcluster": "DeepCluster"}
+METHODS = {"rotnet": "RotNet", "bigan": "BiGAN", "deepcluster": "DeepCluster, 2 epochs",
+           "deepcluster4ep": "DeepCluster, 4 epochs"}
 DATA = {"1img": "1 image (rocket)", "8img": "8 images (training photos)", "full": "Fashion-MNIST (full data)"}
 
 
