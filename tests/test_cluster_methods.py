@@ -121,3 +121,21 @@ def test_sela_augment_grey_images_stay_grey_and_vary():
     assert (views - views[0]).abs().amax() > 0.1  # crops, flips and jitter differ between views
     colour = augment(torch.randint(0, 256, (3, 28, 28), dtype=torch.uint8))  # the full "augs 3" path
     assert colour.shape == (1, 32, 32) and torch.isfinite(colour).all()
+
+
+def test_training_set_features_see_the_crops_the_epoch_trains_on(tmp_path):
+    """Single-image data draws a new crop for item i each epoch: the features that clustering
+    methods label in epoch e must come from epoch e's crops, or the pseudo-labels are noise."""
+    from training.data import SampleView, SingleImageCrops
+    from training.engine import Dist, FitContext
+    from training.methods import get_recipe
+
+    photo = torch.randint(0, 256, (3, 48, 64), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    data = SingleImageCrops(photo, length=4, size=16)
+    ctx = FitContext(get_recipe("deepcluster", "tiny"), tmp_path, Dist(), data, epoch=2)
+    crops, _ = ctx.map(lambda batch: batch["x"].flatten(1).float(), data, None, epoch=ctx.epoch)
+    view = SampleView(data, None, ctx.recipe.seed)
+    view.epoch = 2
+    assert torch.equal(crops, torch.stack([view[i][0].flatten().float() for i in range(4)]))
+    first, _ = ctx.map(lambda batch: batch["x"].flatten(1).float(), data, None)  # epoch 0's crops differ
+    assert not torch.equal(crops, first)

@@ -118,7 +118,8 @@ def test_layers_are_chosen_on_validation_never_on_test():
     assert summary["value"] == pytest.approx(215 / 3)
     assert summary["std"] == pytest.approx(math.sqrt(((60 - 215 / 3) ** 2 + (91 - 215 / 3) ** 2 + (64 - 215 / 3) ** 2) / 2))
     assert summary["per_layer"] == {"a": pytest.approx(92.0), "b": pytest.approx(62.0)}
-    assert summarise_seeds(per_seed[:1])["std"] is None
+    assert summary["per_layer_std"] == {"a": pytest.approx(math.sqrt((4 + 1 + 9) / 2)), "b": pytest.approx(2.0)}
+    assert summarise_seeds(per_seed[:1])["std"] is None and summarise_seeds(per_seed[:1])["per_layer_std"] is None
 
 
 def test_beating_random_init_needs_more_than_two_standard_deviations():

@@ -281,13 +281,16 @@ class FitContext:
     @torch.no_grad()
     def map(self, fn: Callable[[dict[str, Any]], torch.Tensor], dataset: Dataset,
             transform: Callable[[torch.Tensor], Any] | None, batch_size: int = 256,
-            with_index: bool = False) -> tuple[torch.Tensor, ...]:
+            with_index: bool = False, epoch: int = 0) -> tuple[torch.Tensor, ...]:
         """``fn(batch)`` over the whole ``dataset`` (each rank a contiguous shard, gathered in
         dataset order); returns (outputs on CPU, true labels), plus the dataset index of each row
-        with ``with_index`` (unreadable images are left out, so rows and indices can differ)."""
+        with ``with_index`` (unreadable images are left out, so rows and indices can differ).
+        ``epoch`` seeds the samples as the training view does in that epoch: a dataset whose items
+        are random (``SingleImageCrops``) then gives the same image ``i`` as the steps see."""
         n, d = len(dataset), self.dist
         lo, hi = n * d.rank // d.world_size, n * (d.rank + 1) // d.world_size
         view = SampleView(dataset, transform, self.recipe.seed)
+        view.epoch = epoch
         outs, labels, indices = [], [], []
         for batch in iterate_batches(view, batch_size, order=range(lo, hi), counter=self.skipped):
             batch = _to_device(batch, self.device)

@@ -606,6 +606,8 @@ def summarise_seeds(per_seed: Sequence[dict[str, dict[str, Any]]]) -> dict[str, 
         "layer": max(set(chosen), key=lambda name: (chosen.count(name), -layers.index(name))),
         "layer_per_seed": chosen,
         "per_layer": {name: float(np.mean([by_layer[name]["test"] for by_layer in per_seed])) for name in layers},
+        "per_layer_std": ({name: float(np.std([by_layer[name]["test"] for by_layer in per_seed], ddof=1))
+                           for name in layers} if len(per_seed) > 1 else None),
     }
 
 
@@ -823,6 +825,7 @@ def evaluate(models: Sequence[str], protocols: Sequence[str], data: str | None =
                 "per_seed": summary["per_seed"], "layer": summary["layer"], "layer_per_seed": summary["layer_per_seed"],
                 "layer_selected_on": _LAYER_SELECTED_ON.get(protocol, f"validation: {val_desc}"),
                 "per_layer": {n: round(v, 2) for n, v in summary["per_layer"].items()},
+                **_per_layer_std("per_layer_std", summary),
                 "protocol": _protocol_text(protocol, settings, train_desc, val_desc, chosen.get("dims"),
                                            chosen.get("weight_decay"), bench),
                 "command": command,
@@ -850,10 +853,18 @@ def _random_init_fields(summary: dict, base_per_seed: list) -> dict[str, Any]:
     fields["baseline_per_seed"] = {"random-init": base["per_seed"]}
     fields["baseline_layer"] = {"random-init": base["layer"]}
     fields["baseline_per_layer"] = {"random-init": {n: round(v, 2) for n, v in base["per_layer"].items()}}
+    if base["per_layer_std"] is not None:
+        fields["baseline_per_layer_std"] = {"random-init": _per_layer_std("std", base)["std"]}
     beats = beats_random_init(summary["value"], summary["std"], base["value"], base["std"])
     if beats is not None:  # untested without a spread on both sides
         fields["beats_baseline"] = beats
     return fields
+
+
+def _per_layer_std(key: str, summary: dict) -> dict[str, Any]:
+    """``{key: {layer: sample std over seeds}}``, or nothing for one seed (no spread)."""
+    stds = summary["per_layer_std"]
+    return {} if stds is None else {key: {n: round(v, 2) for n, v in stds.items()}}
 
 
 _RETRIEVAL_DATASETS = {"retrieval": "Fashion-MNIST copy detection", "photo-retrieval": "held-out photo copy detection"}

@@ -69,11 +69,14 @@ def unassigned(ctx: FitContext) -> torch.Tensor:
 @torch.no_grad()
 def training_set_features(method: Method, ctx: FitContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(features, true labels, dataset index) of every readable training image: the backbone's
-    deepest features of the centre crop, the method in eval mode, as clustering wants them."""
+    deepest features of the centre crop, the method in eval mode, as clustering wants them. Images
+    are drawn as in the current epoch, so that pseudo-labels of random crops (single-image data)
+    belong to the crops the epoch's steps train on; fixed images (Fashion-MNIST) are the same in
+    every epoch."""
     method.eval()
     backbone = method.backbone
     return ctx.map(lambda batch: deepest_features(backbone, batch["x"]), ctx.dataset,
-                   eval_transform(backbone.entry.input), with_index=True)
+                   eval_transform(backbone.entry.input), with_index=True, epoch=ctx.epoch)
 
 
 def heldout_images(method: Method, ctx: FitContext, scores: str) -> Dataset | None:
