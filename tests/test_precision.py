@@ -50,10 +50,14 @@ def test_an_explicit_precision_is_kept_and_emulated_bf16_is_flagged(tmp_path):
 
 
 def _shipped_precisions():
-    """(method, precision in the shipped config.json's recipe) of every shipped small model."""
+    """(method, recipe, precision it trained in) of every shipped model, from its config.json: the
+    precision the run recorded where it did (runs since resolve_precision), else the recipe's, where
+    "auto" meant fp32 on every CPU when those weights were trained."""
     for config in sorted((ROOT / "zoo" / "shipped").glob("*/snapshots/*/config.json")):
         training = json.loads(config.read_text())["training"]
-        yield training["method"], training["hyperparameters"]["precision"]
+        written = training["hyperparameters"]["precision"]
+        ran = training.get("precision") or ("fp32" if written == "auto" else written)
+        yield training["method"], training["hyperparameters"]["name"], ran
 
 
 def test_every_small_recipe_runs_fp32_on_avx2_and_as_its_shipped_weights_did_on_native_bf16(tmp_path):
@@ -61,13 +65,11 @@ def test_every_small_recipe_runs_fp32_on_avx2_and_as_its_shipped_weights_did_on_
     for method in method_names():
         assert resolve_precision(get_recipe(method, "small").precision, "cpu", zen3)[0] == "fp32", method
         assert get_recipe(method, "tiny").precision == "fp32", method  # tests: the same numbers on every CPU
-    shipped = dict(_shipped_precisions())
-    assert len(shipped) >= 19
-    for method, then in shipped.items():
-        # "auto" meant fp32 on every CPU when these weights were trained; bf16 was fixed where written
-        trained_in = "fp32" if then == "auto" else then
-        now = get_recipe(method, "small").precision
-        assert resolve_precision(now, "cpu", sapphire)[0] == trained_in, method
+    shipped = list(_shipped_precisions())
+    assert len(shipped) >= 20
+    for method, recipe, trained_in in shipped:  # retraining a shipped model here runs as it ran
+        now = get_recipe(method, recipe).precision
+        assert resolve_precision(now, "cpu", sapphire)[0] == trained_in, (method, recipe)
 
 
 def test_an_explicit_precision_overrides_the_recipe_and_the_run_records_what_ran(tmp_path):
