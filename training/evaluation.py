@@ -824,8 +824,9 @@ def evaluate(models: Sequence[str], protocols: Sequence[str], data: str | None =
                 "seeds": [_seed_of(m, i) for i, m in enumerate(loaded)],
                 "per_seed": summary["per_seed"], "layer": summary["layer"], "layer_per_seed": summary["layer_per_seed"],
                 "layer_selected_on": _LAYER_SELECTED_ON.get(protocol, f"validation: {val_desc}"),
-                "per_layer": {n: round(v, 2) for n, v in summary["per_layer"].items()},
-                **_per_layer_std("per_layer_std", summary),
+                "per_layer": _rounded_layers(summary["per_layer"]),
+                **({} if summary["per_layer_std"] is None
+                   else {"per_layer_std": _rounded_layers(summary["per_layer_std"])}),
                 "protocol": _protocol_text(protocol, settings, train_desc, val_desc, chosen.get("dims"),
                                            chosen.get("weight_decay"), bench),
                 "command": command,
@@ -852,19 +853,18 @@ def _random_init_fields(summary: dict, base_per_seed: list) -> dict[str, Any]:
         fields["baseline_std"] = {"random-init": round(base["std"], 2)}
     fields["baseline_per_seed"] = {"random-init": base["per_seed"]}
     fields["baseline_layer"] = {"random-init": base["layer"]}
-    fields["baseline_per_layer"] = {"random-init": {n: round(v, 2) for n, v in base["per_layer"].items()}}
-    if base["per_layer_std"] is not None:
-        fields["baseline_per_layer_std"] = {"random-init": _per_layer_std("std", base)["std"]}
+    fields["baseline_per_layer"] = {"random-init": _rounded_layers(base["per_layer"])}
+    if base["per_layer_std"] is not None:  # no spread from one seed
+        fields["baseline_per_layer_std"] = {"random-init": _rounded_layers(base["per_layer_std"])}
     beats = beats_random_init(summary["value"], summary["std"], base["value"], base["std"])
     if beats is not None:  # untested without a spread on both sides
         fields["beats_baseline"] = beats
     return fields
 
 
-def _per_layer_std(key: str, summary: dict) -> dict[str, Any]:
-    """``{key: {layer: sample std over seeds}}``, or nothing for one seed (no spread)."""
-    stds = summary["per_layer_std"]
-    return {} if stds is None else {key: {n: round(v, 2) for n, v in stds.items()}}
+def _rounded_layers(values: dict[str, float]) -> dict[str, float]:
+    """Per-layer numbers as results files keep them: two decimals."""
+    return {n: round(v, 2) for n, v in values.items()}
 
 
 _RETRIEVAL_DATASETS = {"retrieval": "Fashion-MNIST copy detection", "photo-retrieval": "held-out photo copy detection"}
