@@ -38,7 +38,7 @@ def deepest_features(backbone: nn.Module, x: torch.Tensor, channels_last: bool =
     ``channels_last`` runs CPU convolutions on channels-last input, which is faster (the embedding
     methods use it; the clustering methods do not, and switching would change their float rounding).
     """
-    if channels_last and x.dim() == 4 and x.device.type == "cpu"  and not _hits_onednn_1x1_bug(backbone, x):
+    if channels_last and x.dim() == 4 and x.device.type == "cpu" and not _hits_onednn_1x1_bug(backbone, x):
         x = x.contiguous(memory_format=torch.channels_last)
     f = backbone(x)
     return F.adaptive_avg_pool2d(f, 1).flatten(1) if f.dim() == 4 else f

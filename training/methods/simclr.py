@@ -104,8 +104,8 @@ RECIPES = method_recipes(__name__, {
     # for the 1-image version), each paired with a copy of it distorted by the copy-detection chain
     # (copy_views), never with a second crop: crop-invariant views would teach the network that two
     # parts of one photo are the same image, and a copy must be told from the rest of its photo.
-    # Sized for 2 shared CPU cores: 900 steps of 128 pairs, one loader process (about 10 minutes in
-    # bf16 on a CPU with AMX, where a step costs a third of an fp32 one).
+    # Sized for 2 shared CPU cores: 900 steps of 128 pairs, one loader process (618-708 s per seed
+    # in bf16 on one core of a Sapphire Rapids Xeon with AMX, the shipped runs' config.json).
     "photos": small_recipe(
         **{**SMALL_EMBEDDING, "limit": 12_800}, model="simclr_resnet_small_photos", data="training-photos",
         epochs=9, batch_size=128, workers=1, optimizer=Optimizer(lr=0.05, weight_decay=5e-4),
