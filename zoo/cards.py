@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from zoo import single_image_study
 from zoo.errors import UsageError, WeightsError
 from zoo.methods import method_info
 from zoo.registry import InputSpec, ModelEntry, PaperResult, get_model_entry, list_models
@@ -186,7 +187,11 @@ def render_card(name: str, *, results: Any = _MISSING, cards_dir: str | os.PathL
     if index:
         data["model-index"] = index
     pictures = [] if ckpt else _pictures(name, cards_dir)
-    body = "\n\n".join(_sections(entry, results, ours, ours_note, ckpt, pictures)) + "\n"
+    sections = _sections(entry, results, ours, ours_note, ckpt, pictures)
+    study = None if ckpt else single_image_study.card_section(name, cards_dir)  # about the recipe, not these weights
+    if study:
+        sections.insert(-2, study)  # before the limitations and the citation
+    body = "\n\n".join(sections) + "\n"
     return _card_class()(f"---\n{yaml_dump(data, sort_keys=False).strip()}\n---\n\n{body}")
 
 

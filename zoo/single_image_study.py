@@ -1,0 +1,118 @@
+"""The single-image study (arXiv 1904.13132) at small scale: its tables, read from the ``zoo eval
+--json-out`` files in ``MODEL_CARDS/results/single_image_study/`` (one per method and training
+data, named ``METHOD-DATA.json``, three training seeds each), for the README
+(``python bench/single_image_study.py``) and for the cards of the studied models.
+
+The files are not results of the shipped weights: each row is a recipe trained on other data (one
+photo, the training photos, Fashion-MNIST), so the cards show them in a section of their own and
+``MODEL_CARDS/results/<name>.json`` is left alone.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from zoo.errors import UsageError
+from zoo.fileset import read_json
+from zoo.results import RESULTS_DIRNAME, default_cards_dir
+
+STUDY_DIRNAME = "single_image_study"
+# File-name prefix -> the method as the tables head it (DeepCluster ran twice: 2 and 4 clusterings).
+METHODS = {"rotnet": "RotNet", "bigan": "BiGAN", "deepcluster": "DeepCluster, 2 epochs",
+           "deepcluster4ep": "DeepCluster, 4 epochs"}
+# File-name suffix -> what the row was trained on, in the order the rows appear.
+DATA = {"1img": "1 image (rocket)", "8img": "8 images (training photos)", "full": "Fashion-MNIST (full data)"}
+README_SECTION = "The single-image study (arXiv 1904.13132) at small scale"
+
+
+def study_dir(cards_dir: str | os.PathLike | None = None) -> Path:
+    return Path(cards_dir or default_cards_dir()) / RESULTS_DIRNAME / STUDY_DIRNAME
+
+
+def _cell(mean: float, std: float | None) -> str:
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def _linear_entry(report: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The ``linear`` protocol's result of one ``zoo eval --json-out`` report."""
+    entry = next((r for r in report.get("results", []) if r.get("protocol_id") == "linear"), None)
+    if entry is None:
+        raise UsageError(f"{path} has no linear-probe result; rerun its `zoo eval ... --protocol linear --json-out`")
+    return entry
+
+
+def _rows_found(folder: Path, method: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(file stem, row label, report) of each training data of ``method`` that has a file."""
+    found = []
+    for data, label in DATA.items():
+        path = folder / f"{method}-{data}.json"
+        if path.is_file():
+            found.append((path.stem, label, read_json(path, UsageError, "rerun the `zoo eval` that wrote it")))
+    return found
+
+
+def method_table(folder: Path, method: str, *, per_seed: bool = False) -> list[str]:
+    """Markdown rows of one method: a header of its layers, one row per training data found, random init.
+
+    ``per_seed`` adds a column with the layer chosen on validation and its test score per seed."""
+    found = [(label, report, _linear_entry(report, folder / f"{stem}.json"))
+             for stem, label, report in _rows_found(folder, method)]
+    if not found:
+        return []
+    layers = list(found[0][2]["per_layer"])
+    extra = " | chosen layer (validation), per seed" if per_seed else ""
+    lines = [f"| {METHODS[method]}: trained on | seeds | " + " | ".join(layers) + extra + " |",
+             "|---|---|" + "---|" * (len(layers) + bool(per_seed))]
+    for label, _, r in found:
+        std = r.get("per_layer_std") or {}
+        row = f"| {label} | {len(r['seeds'])} | " + " | ".join(_cell(r["per_layer"][n], std.get(n)) for n in layers)
+        if per_seed:
+            row += " | " + ", ".join(f"{layer} {value:.2f}" for layer, value in
+                                     zip(r.get("layer_per_seed") or [r["layer"]] * len(r["per_seed"]), r["per_seed"]))
+        lines.append(row + " |")
+    base = found[0][2]
+    if "baseline_per_layer" in base:
+        mean = base["baseline_per_layer"]["random-init"]
+        std = (base.get("baseline_per_layer_std") or {}).get("random-init", {})
+        row = f"| random init | {len(base['baseline_per_seed']['random-init'])} | " + " | ".join(
+            _cell(mean[n], std.get(n)) for n in layers)
+        if per_seed:
+            row += " | " + ", ".join(f"{v:.2f}" for v in base["baseline_per_seed"]["random-init"]) + " (layers not recorded)"
+        lines.append(row + " |")
+    return lines
+
+
+def table(folder: Path) -> str:
+    """Every method's table, as the README shows them."""
+    return "\n\n".join("\n".join(rows) for rows in (method_table(folder, m) for m in METHODS) if rows)
+
+
+def card_section(name: str, cards_dir: str | os.PathLike | None = None) -> str | None:
+    """The card section of registry model ``name``: its recipe's rows of the study and their
+    first-layer filters, or None where the study did not train this model."""
+    folder = study_dir(cards_dir)
+    methods = [m for m in METHODS if any(report.get("model") == name for _, _, report in _rows_found(folder, m))]
+    if not methods:
+        return None
+    tables = "\n\n".join("\n".join(method_table(folder, m, per_seed=True)) for m in methods)
+    pictures_root = Path(cards_dir or default_cards_dir()) / "pictures" / STUDY_DIRNAME
+    shown = [(f"{METHODS[m]}, {label}" if len(methods) > 1 else label,
+              f"pictures/{STUDY_DIRNAME}/{stem}/conv1_filters.png") for m in methods
+             for stem, label, _ in _rows_found(folder, m) if (pictures_root / stem / "conv1_filters.png").is_file()]
+    text = (f"## The single-image study (arXiv 1904.13132)\n\n"
+            f"This recipe trained on one photo, on the training photos and on Fashion-MNIST, three seeds each "
+            f"(the repository README, \"{README_SECTION}\", has the commands and what the numbers show). These are "
+            f"not the numbers of the weights above. Linear-probe top-1 (%) on Fashion-MNIST test at each layer, mean "
+            f"± std over the training seeds, beside random init of this architecture; the last column gives each "
+            f"seed's layer chosen on validation and its test score. Each row was written by `zoo eval RUN-seed0 "
+            f"RUN-seed1 RUN-seed2 --protocol linear --json-out MODEL_CARDS/{RESULTS_DIRNAME}/{STUDY_DIRNAME}/"
+            f"METHOD-DATA.json`; the paper's own per-layer numbers (ImageNet, AlexNet) are not quoted.\n\n{tables}")
+    if shown:
+        heads = " | ".join(label for label, _ in shown)
+        cells = " | ".join(f"![{name}, first-layer filters, {label}]({path})" for label, path in shown)
+        text += (f"\n\nFirst-layer filters of seed 0 of each row (`zoo report RUN -o MODEL_CARDS/pictures/"
+                 f"{STUDY_DIRNAME}/METHOD-DATA --parts filters`):\n\n| {heads} |\n|" + "---|" * len(shown)
+                 + f"\n| {cells} |")
+    return text
