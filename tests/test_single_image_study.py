@@ -69,26 +69,47 @@ def test_a_broken_study_file_is_a_one_line_error(tmp_path):
     with pytest.raises(UsageError, match=r"rotnet-8img\.json is not valid JSON .*rerun the `zoo eval`"):
         card_section("rotnet_nin_fmnist", tmp_path)
     (folder / "rotnet-8img.json").write_text(json.dumps({"model": "rotnet_nin_fmnist", "results": []}))
-    with pytest.raises(UsageError, match="no linear-probe result"):
+    with pytest.raises(UsageError, match="has no linear top-1 result; rerun its `zoo eval ... --protocol linear"):
         card_section("rotnet_nin_fmnist", tmp_path)
 
 
-@pytest.mark.parametrize("name, rows", [("rotnet_nin_fmnist", 4), ("bigan_resnet_small_fmnist", 4),
-                                        ("deepcluster_resnet_small_fmnist", 8)])
-def test_the_studied_models_cards_carry_the_study_and_their_shipped_cards_do_not(name, rows):
-    """The committed files: each studied model's registry card has its rows (three training data and
-    random init per table) and the three seed-0 filter pictures, which exist; the card of the
-    shipped weights describes those weights only."""
+def test_the_photo_model_compares_one_photo_with_eight_on_its_own_benchmark(tmp_path):
+    folder = study_dir(tmp_path)
+    folder.mkdir(parents=True)
+    for data, value in (("1img", 39.0), ("8img", 64.0)):
+        report = _report({"stem": value - 30, "layer4": value}, None, {"stem": 25.0, "layer4": 26.0},
+                         model="simclr_resnet_small_photos")
+        report["results"][1].update(protocol_id="photo-retrieval", metric="mAP",
+                                    baseline={"random-init": 25.5, "raw-pixels": 32.28})
+        # recall@1 before mAP, as a report may list them: the table picks mAP by its metric
+        report["results"].insert(1, {**report["results"][1], "metric": "recall@1", "per_layer": {"stem": 1, "layer4": 2}})
+        (folder / f"simclr-photos-{data}.json").write_text(json.dumps(report))
+    text = card_section("simclr_resnet_small_photos", tmp_path)
+    assert "This recipe trained on 1 image (rocket) and on 8 images (training photos), three seeds each" in text
+    assert "Copy-detection mAP (%) on the held-out photos" in text and "chosen on the training photos" in text
+    assert "| SimCLR, copy views: trained on | seeds | stem | layer4 | chosen layer, per seed |" in text
+    assert "| 8 images (training photos) | 3 | 34.00 | 64.00 | block1 87.25, block2 86.50, block1 87.00 |" in text
+    assert "Raw pixels (no network, the same benchmark): 32.28." in text
+    assert "--protocol photo-retrieval --json-out" in text and "AlexNet" not in text
+    assert table(folder) == ""  # the README's linear-probe tables leave it out
+
+
+@pytest.mark.parametrize("name, rows, pictures", [
+    ("rotnet_nin_fmnist", 4, 3), ("bigan_resnet_small_fmnist", 4, 3), ("deepcluster_resnet_small_fmnist", 8, 3),
+    ("simclr_resnet_small_photos", 3, 2)])
+def test_the_studied_models_cards_carry_the_study_and_their_shipped_cards_do_not(name, rows, pictures):
+    """The committed files: each studied model's registry card has its rows (each training data and
+    random init per table) and the seed-0 filter pictures, which exist; the card of the shipped
+    weights describes those weights only."""
     text = str(render_card(name))
     section = text.split("## The single-image study", 1)[1].split("\n## ", 1)[0]
     assert sum(bool(re.match(r"\| (1 image|8 images|Fashion-MNIST|random init)[^|]*\| 3 \| ", line))
                for line in section.splitlines()) == rows
-    pictures = [part.split(")")[0] for part in section.split("](")[1:]]
-    assert len(pictures) == 3 and all((REPO / "MODEL_CARDS" / p).is_file() for p in pictures)
+    linked = [part.split(")")[0] for part in section.split("](")[1:]]
+    assert len(linked) == pictures and all((REPO / "MODEL_CARDS" / p).is_file() for p in linked)
     snapshot = shipped_hub().snapshot(get_model_entry(name).weights.hub_repo)
     shipped = str(render_card(name, checkpoint_config=read_config(snapshot), checkpoint_dir=Path(name)))
     assert "## The single-image study" not in shipped
-    assert card_section("simclr_resnet_small_photos") is None
 
 
 def test_the_bench_script_prints_the_readme_tables():

@@ -21,7 +21,11 @@ from zoo.results import RESULTS_DIRNAME, default_cards_dir
 STUDY_DIRNAME = "single_image_study"
 # File-name prefix -> the method as the tables head it (DeepCluster ran twice: 2 and 4 clusterings).
 METHODS = {"rotnet": "RotNet", "bigan": "BiGAN", "deepcluster": "DeepCluster, 2 epochs",
-           "deepcluster4ep": "DeepCluster, 4 epochs"}
+           "deepcluster4ep": "DeepCluster, 4 epochs", "simclr-photos": "SimCLR, copy views"}
+# File-name prefix -> (protocol, metric) of its table; Fashion-MNIST linear probes unless named here.
+PROTOCOLS = {"simclr-photos": ("photo-retrieval", "mAP")}
+_SCORES = {"linear": "Linear-probe top-1 (%) on Fashion-MNIST test",
+           "photo-retrieval": "Copy-detection mAP (%) on the held-out photos (`--protocol photo-retrieval`)"}
 # File-name suffix -> what the row was trained on, in the order the rows appear.
 DATA = {"1img": "1 image (rocket)", "8img": "8 images (training photos)", "full": "Fashion-MNIST (full data)"}
 README_SECTION = "The single-image study (arXiv 1904.13132) at small scale"
@@ -35,11 +39,14 @@ def _cell(mean: float, std: float | None) -> str:
     return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
-def _linear_entry(report: dict[str, Any], path: Path) -> dict[str, Any]:
-    """The ``linear`` protocol's result of one ``zoo eval --json-out`` report."""
-    entry = next((r for r in report.get("results", []) if r.get("protocol_id") == "linear"), None)
+def _protocol_entry(report: dict[str, Any], path: Path, method: str) -> dict[str, Any]:
+    """The result of one ``zoo eval --json-out`` report that ``method``'s table shows."""
+    protocol, metric = PROTOCOLS.get(method, ("linear", "top-1"))
+    entry = next((r for r in report.get("results", [])
+                  if r.get("protocol_id") == protocol and r.get("metric", metric) == metric), None)
     if entry is None:
-        raise UsageError(f"{path} has no linear-probe result; rerun its `zoo eval ... --protocol linear --json-out`")
+        raise UsageError(f"{path} has no {protocol} {metric} result; rerun its `zoo eval ... --protocol {protocol} "
+                         "--json-out`")
     return entry
 
 
@@ -56,13 +63,13 @@ def _rows_found(folder: Path, method: str) -> list[tuple[str, str, dict[str, Any
 def method_table(folder: Path, method: str, *, per_seed: bool = False) -> list[str]:
     """Markdown rows of one method: a header of its layers, one row per training data found, random init.
 
-    ``per_seed`` adds a column with the layer chosen on validation and its test score per seed."""
-    found = [(label, report, _linear_entry(report, folder / f"{stem}.json"))
+    ``per_seed`` adds a column with each seed's chosen layer (chosen by ``zoo eval``) and its score."""
+    found = [(label, report, _protocol_entry(report, folder / f"{stem}.json", method))
              for stem, label, report in _rows_found(folder, method)]
     if not found:
         return []
     layers = list(found[0][2]["per_layer"])
-    extra = " | chosen layer (validation), per seed" if per_seed else ""
+    extra = " | chosen layer, per seed" if per_seed else ""
     lines = [f"| {METHODS[method]}: trained on | seeds | " + " | ".join(layers) + extra + " |",
              "|---|---|" + "---|" * (len(layers) + bool(per_seed))]
     for label, _, r in found:
@@ -85,8 +92,20 @@ def method_table(folder: Path, method: str, *, per_seed: bool = False) -> list[s
 
 
 def table(folder: Path) -> str:
-    """Every method's table, as the README shows them."""
-    return "\n\n".join("\n".join(rows) for rows in (method_table(folder, m) for m in METHODS) if rows)
+    """The linear-probe tables of every method, as the README's study section shows them."""
+    return "\n\n".join("\n".join(rows) for rows in (method_table(folder, m) for m in METHODS if m not in PROTOCOLS)
+                       if rows)
+
+
+def _other_baselines(folder: Path, method: str) -> str:
+    """The no-network baselines (raw pixels) of ``method``'s first file, as a paragraph ("" for none)."""
+    rows = _rows_found(folder, method)
+    if not rows:
+        return ""
+    entry = _protocol_entry(rows[0][2], folder / f"{rows[0][0]}.json", method)
+    others = {k: v for k, v in (entry.get("baseline") or {}).items() if k != "random-init"}
+    return "".join(f"\n\n{k.replace('-', ' ').capitalize()} (no network, the same benchmark): {v:.2f}."
+                   for k, v in others.items())
 
 
 def card_section(name: str, cards_dir: str | os.PathLike | None = None) -> str | None:
@@ -96,23 +115,32 @@ def card_section(name: str, cards_dir: str | os.PathLike | None = None) -> str |
     methods = [m for m in METHODS if any(report.get("model") == name for _, _, report in _rows_found(folder, m))]
     if not methods:
         return None
-    tables = "\n\n".join("\n".join(method_table(folder, m, per_seed=True)) for m in methods)
-    pictures_root = Path(cards_dir or default_cards_dir()) / "pictures" / STUDY_DIRNAME
+    protocol = PROTOCOLS.get(methods[0], ("linear",))[0]
+    trained_on = sorted({label for m in methods for _, label, _ in _rows_found(folder, m)}, key=list(DATA.values()).index)
+    tables = "\n\n".join("\n".join(method_table(folder, m, per_seed=True)) + _other_baselines(folder, m)
+                         for m in methods)
+    chosen_on = "the training photos" if protocol == "photo-retrieval" else "validation"
+    paper = "; the paper's own per-layer numbers (ImageNet, AlexNet) are not quoted" if protocol == "linear" else ""
+    text = (f"## The single-image study (arXiv 1904.13132)\n\n"
+            f"This recipe trained on {', '.join(trained_on[:-1])} and on {trained_on[-1]}, three seeds each (the "
+            f"repository README, \"{README_SECTION}\", has the commands and what the numbers show); the results "
+            f"above are the shipped weights' own. {_SCORES[protocol]} at each layer, mean ± std over the training "
+            f"seeds, beside random init of this architecture; the last column gives each seed's layer chosen on "
+            f"{chosen_on} and its score. Each row was written by `zoo eval RUN-seed0 RUN-seed1 RUN-seed2 --protocol "
+            f"{protocol} --json-out MODEL_CARDS/{RESULTS_DIRNAME}/{STUDY_DIRNAME}/METHOD-DATA.json`{paper}.\n\n"
+            f"{tables}")
+    return text + _filters(name, methods, cards_dir)
+
+
+def _filters(name: str, methods: list[str], cards_dir: str | os.PathLike | None) -> str:
+    """A one-row table of the seed-0 first-layer filters drawn for ``methods``' rows, if any."""
+    folder, pictures_root = study_dir(cards_dir), Path(cards_dir or default_cards_dir()) / "pictures" / STUDY_DIRNAME
     shown = [(f"{METHODS[m]}, {label}" if len(methods) > 1 else label,
               f"pictures/{STUDY_DIRNAME}/{stem}/conv1_filters.png") for m in methods
              for stem, label, _ in _rows_found(folder, m) if (pictures_root / stem / "conv1_filters.png").is_file()]
-    text = (f"## The single-image study (arXiv 1904.13132)\n\n"
-            f"This recipe trained on one photo, on the training photos and on Fashion-MNIST, three seeds each "
-            f"(the repository README, \"{README_SECTION}\", has the commands and what the numbers show). These are "
-            f"not the numbers of the weights above. Linear-probe top-1 (%) on Fashion-MNIST test at each layer, mean "
-            f"± std over the training seeds, beside random init of this architecture; the last column gives each "
-            f"seed's layer chosen on validation and its test score. Each row was written by `zoo eval RUN-seed0 "
-            f"RUN-seed1 RUN-seed2 --protocol linear --json-out MODEL_CARDS/{RESULTS_DIRNAME}/{STUDY_DIRNAME}/"
-            f"METHOD-DATA.json`; the paper's own per-layer numbers (ImageNet, AlexNet) are not quoted.\n\n{tables}")
-    if shown:
-        heads = " | ".join(label for label, _ in shown)
-        cells = " | ".join(f"![{name}, first-layer filters, {label}]({path})" for label, path in shown)
-        text += (f"\n\nFirst-layer filters of seed 0 of each row (`zoo report RUN -o MODEL_CARDS/pictures/"
-                 f"{STUDY_DIRNAME}/METHOD-DATA --parts filters`):\n\n| {heads} |\n|" + "---|" * len(shown)
-                 + f"\n| {cells} |")
-    return text
+    if not shown:
+        return ""
+    heads = " | ".join(label for label, _ in shown)
+    cells = " | ".join(f"![{name}, first-layer filters, {label}]({path})" for label, path in shown)
+    return (f"\n\nFirst-layer filters of seed 0 of each row (`zoo report RUN -o MODEL_CARDS/pictures/{STUDY_DIRNAME}/"
+            f"METHOD-DATA --parts filters`):\n\n| {heads} |\n|" + "---|" * len(shown) + f"\n| {cells} |")
