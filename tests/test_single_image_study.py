@@ -25,7 +25,7 @@ def _report(per_layer, std, base, base_std=None, model="rotnet_nin_fmnist"):
              "baseline_per_layer": {"random-init": base}, "baseline_per_seed": {"random-init": [1.0, 2.0, 3.0]}}
     if base_std:
         entry["baseline_per_layer_std"] = {"random-init": base_std}
-    return {"model": model, "results": [{"protocol_id": "knn"}, entry]}
+    return {"model": model, "training": {"steps": 400}, "results": [{"protocol_id": "knn"}, entry]}
 
 
 def _two_rows(folder: Path) -> None:
@@ -55,8 +55,8 @@ def test_a_card_shows_its_recipes_rows_with_seeds_and_the_filters_that_exist(tmp
     filters.write_bytes(b"\x89PNG")
     text = card_section("rotnet_nin_fmnist", tmp_path)
     assert text.startswith("## The single-image study (arXiv 1904.13132)")
-    assert "| 1 image (rocket) | 3 | 87.50 ± 0.25 | 86.00 ± 1.00 | block1 87.25, block2 86.50, block1 87.00 |" in text
-    assert "| random init | 3 | 87.00 ± 0.50 | 86.70 ± 0.10 | 1.00, 2.00, 3.00 (layers not recorded) |" in text
+    assert "| 1 image (rocket) | 3 | 400 | 87.50 ± 0.25 | 86.00 ± 1.00 | block1 87.25, block2 86.50, block1 87.00 |" in text
+    assert "| random init | 3 | 0 | 87.00 ± 0.50 | 86.70 ± 0.10 | 1.00, 2.00, 3.00 (layers not recorded) |" in text
     assert "](pictures/single_image_study/rotnet-full/conv1_filters.png)" in text
     assert "rotnet-1img/conv1_filters.png" not in text  # no picture drawn for that row: none linked
     assert card_section("bigan_resnet_small_fmnist", tmp_path) is None  # the study did not train it here
@@ -79,6 +79,7 @@ def test_the_photo_model_compares_one_photo_with_eight_on_its_own_benchmark(tmp_
     for data, value in (("1img", 39.0), ("8img", 64.0)):
         report = _report({"stem": value - 30, "layer4": value}, None, {"stem": 25.0, "layer4": 26.0},
                          model="simclr_resnet_small_photos")
+        report["training"]["steps"] = 1800
         report["results"][1].update(protocol_id="photo-retrieval", metric="mAP",
                                     baseline={"random-init": 25.5, "raw-pixels": 32.28})
         # recall@1 before mAP, as a report may list them: the table picks mAP by its metric
@@ -87,8 +88,8 @@ def test_the_photo_model_compares_one_photo_with_eight_on_its_own_benchmark(tmp_
     text = card_section("simclr_resnet_small_photos", tmp_path)
     assert "This recipe trained on 1 image (rocket) and on 8 images (training photos), three seeds each" in text
     assert "Copy-detection mAP (%) on the held-out photos" in text and "chosen on the training photos" in text
-    assert "| SimCLR, copy views: trained on | seeds | stem | layer4 | chosen layer, per seed |" in text
-    assert "| 8 images (training photos) | 3 | 34.00 | 64.00 | block1 87.25, block2 86.50, block1 87.00 |" in text
+    assert "| SimCLR, copy views: trained on | seeds | steps | stem | layer4 | chosen layer, per seed |" in text
+    assert "| 8 images (training photos) | 3 | 1,800 | 34.00 | 64.00 | block1 87.25, block2 86.50, block1 87.00 |" in text
     assert "Raw pixels (no network, the same benchmark): 32.28." in text
     assert "--protocol photo-retrieval --json-out" in text and "AlexNet" not in text
     assert table(folder) == ""  # the README's linear-probe tables leave it out

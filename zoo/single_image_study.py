@@ -63,31 +63,33 @@ def _rows_found(folder: Path, method: str) -> list[tuple[str, str, dict[str, Any
 def method_table(folder: Path, method: str, *, per_seed: bool = False) -> list[str]:
     """Markdown rows of one method: a header of its layers, one row per training data found, random init.
 
-    ``per_seed`` adds a column with each seed's chosen layer (chosen by ``zoo eval``) and its score."""
+    ``per_seed`` (the cards' form) adds the training steps of each row (its seed 0's, as the run
+    recorded them) and each seed's chosen layer (chosen by ``zoo eval``) with its score."""
     found = [(label, report, _protocol_entry(report, folder / f"{stem}.json", method))
              for stem, label, report in _rows_found(folder, method)]
     if not found:
         return []
     layers = list(found[0][2]["per_layer"])
-    extra = " | chosen layer, per seed" if per_seed else ""
-    lines = [f"| {METHODS[method]}: trained on | seeds | " + " | ".join(layers) + extra + " |",
-             "|---|---|" + "---|" * (len(layers) + bool(per_seed))]
-    for label, _, r in found:
+    head = ["seeds", "steps", *layers, "chosen layer, per seed"] if per_seed else ["seeds", *layers]
+    lines = [f"| {METHODS[method]}: trained on | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+    for label, report, r in found:
         std = r.get("per_layer_std") or {}
-        row = f"| {label} | {len(r['seeds'])} | " + " | ".join(_cell(r["per_layer"][n], std.get(n)) for n in layers)
+        cells = [str(len(r["seeds"]))] + [_cell(r["per_layer"][n], std.get(n)) for n in layers]
         if per_seed:
-            row += " | " + ", ".join(f"{layer} {value:.2f}" for layer, value in
-                                     zip(r.get("layer_per_seed") or [r["layer"]] * len(r["per_seed"]), r["per_seed"]))
-        lines.append(row + " |")
+            chosen = r.get("layer_per_seed") or [r["layer"]] * len(r["per_seed"])
+            steps = (report.get("training") or {}).get("steps")
+            cells[1:1] = [f"{steps:,}" if steps else "-"]
+            cells.append(", ".join(f"{layer} {value:.2f}" for layer, value in zip(chosen, r["per_seed"])))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     base = found[0][2]
     if "baseline_per_layer" in base:
         mean = base["baseline_per_layer"]["random-init"]
         std = (base.get("baseline_per_layer_std") or {}).get("random-init", {})
-        row = f"| random init | {len(base['baseline_per_seed']['random-init'])} | " + " | ".join(
-            _cell(mean[n], std.get(n)) for n in layers)
+        cells = [str(len(base["baseline_per_seed"]["random-init"]))] + [_cell(mean[n], std.get(n)) for n in layers]
         if per_seed:
-            row += " | " + ", ".join(f"{v:.2f}" for v in base["baseline_per_seed"]["random-init"]) + " (layers not recorded)"
-        lines.append(row + " |")
+            cells[1:1] = ["0"]
+            cells.append(", ".join(f"{v:.2f}" for v in base["baseline_per_seed"]["random-init"]) + " (layers not recorded)")
+        lines.append("| random init | " + " | ".join(cells) + " |")
     return lines
 
 
