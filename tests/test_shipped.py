@@ -179,3 +179,23 @@ def test_each_shipped_card_is_the_card_its_results_give_now():
         config = read_config(snapshot)
         expected = str(render_card(name, checkpoint_config=config, checkpoint_dir=Path(name)))
         assert (snapshot / "README.md").read_text() == expected, f"{name}: re-ship it (zoo ship RUN/model)"
+
+
+@pytest.mark.slow
+def test_the_photo_models_card_recall_is_what_the_cli_finds(tmp_path):
+    """bench/photo_retrieval_cli.py writes the held-out photo benchmark as PNG files and runs zoo
+    extract -> zoo index build -> zoo search on the shipped photo model: its top hits give the
+    recall@1 that the card records for the shipped seed (ONNX Runtime against PyTorch fp32 may
+    reorder two tiles whose cosines differ by ~1e-6: one query either way is allowed)."""
+    name = "simclr_resnet_small_photos"
+    out = tmp_path / "cli.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "photo_retrieval_cli.py"), name, "--keep", str(tmp_path / "b"),
+                    "--json-out", str(out)], check=True, capture_output=True, timeout=HANG_GUARD_S)
+    cli = json.loads(out.read_text())
+    recorded = json.loads((default_cards_dir() / RESULTS_DIRNAME / f"{name}.json").read_text())
+    recall = next(r for r in recorded["results"] if r["metric"] == "recall@1")
+    seed = recorded["shipped_seed"]
+    exported = zoo.get_model_entry(name).embedding_layer or zoo.create_model(name).feature_layers[-1]
+    assert recall["layer_per_seed"][seed] == exported  # the card's layer is the one the export embeds with
+    assert cli["queries"] == recall["split_size"] == 360
+    assert abs(cli["top1_hits"] - recall["per_seed"][seed] * 360 / 100) <= 1

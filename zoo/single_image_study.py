@@ -21,9 +21,10 @@ from zoo.results import RESULTS_DIRNAME, default_cards_dir
 STUDY_DIRNAME = "single_image_study"
 # File-name prefix -> the method as the tables head it (DeepCluster ran twice: 2 and 4 clusterings).
 METHODS = {"rotnet": "RotNet", "bigan": "BiGAN", "deepcluster": "DeepCluster, 2 epochs",
-           "deepcluster4ep": "DeepCluster, 4 epochs", "simclr-photos": "SimCLR, copy views"}
+           "deepcluster4ep": "DeepCluster, 4 epochs", "simclr-photos": "SimCLR, copy views",
+           "simclr-photos900": "SimCLR, copy views, the earlier 900 steps"}
 # File-name prefix -> (protocol, metric) of its table; Fashion-MNIST linear probes unless named here.
-PROTOCOLS = {"simclr-photos": ("photo-retrieval", "mAP")}
+PROTOCOLS = {"simclr-photos": ("photo-retrieval", "mAP"), "simclr-photos900": ("photo-retrieval", "mAP")}
 _SCORES = {"linear": "Linear-probe top-1 (%) on Fashion-MNIST test",
            "photo-retrieval": "Copy-detection mAP (%) on the held-out photos (`--protocol photo-retrieval`)"}
 # File-name suffix -> what the row was trained on, in the order the rows appear.
@@ -124,9 +125,10 @@ def card_section(name: str, cards_dir: str | os.PathLike | None = None) -> str |
     chosen_on = "the training photos" if protocol == "photo-retrieval" else "validation"
     paper = "; the paper's own per-layer numbers (ImageNet, AlexNet) are not quoted" if protocol == "linear" else ""
     text = (f"## The single-image study (arXiv 1904.13132)\n\n"
-            f"This recipe trained on {', '.join(trained_on[:-1])} and on {trained_on[-1]}, three seeds each (the "
-            f"repository README, \"{README_SECTION}\", has the commands and what the numbers show); the results "
-            f"above are the shipped weights' own. {_SCORES[protocol]} at each layer, mean ± std over the training "
+            f"Runs of this model's recipe on {', '.join(trained_on[:-1])} and on {trained_on[-1]}, three seeds each, "
+            f"for the steps in the table (the repository README, \"{README_SECTION}\", has the commands and what "
+            f"the numbers show); the results above are the shipped weights' own. {_SCORES[protocol]} at each layer, "
+            f"mean ± std over the training "
             f"seeds, beside random init of this architecture; the last column gives each seed's layer chosen on "
             f"{chosen_on} and its score. Each row was written by `zoo eval RUN-seed0 RUN-seed1 RUN-seed2 --protocol "
             f"{protocol} --json-out MODEL_CARDS/{RESULTS_DIRNAME}/{STUDY_DIRNAME}/METHOD-DATA.json`{paper}.\n\n"

@@ -104,11 +104,13 @@ RECIPES = method_recipes(__name__, {
     # for the 1-image version), each paired with a copy of it distorted by the copy-detection chain
     # (copy_views), never with a second crop: crop-invariant views would teach the network that two
     # parts of one photo are the same image, and a copy must be told from the rest of its photo.
-    # Sized for 2 shared CPU cores: 900 steps of 128 pairs, one loader process (618-708 s per seed
-    # in bf16 on one core of a Sapphire Rapids Xeon with AMX, the shipped runs' config.json).
+    # Sized for 2 shared CPU cores: 1,800 steps of 128 pairs, one loader process (793 s for seed 0
+    # in bf16 alone on a Sapphire Rapids Xeon with AMX, 1,222-1,281 s for seeds 1 and 2 side by side
+    # on its 2 cores: the shipped runs' config.json). 900 steps gave 64.1 ± 4.9 mAP on the held-out
+    # photos, 1,800 give 72.5 ± 2.8 (README, "Colour photos").
     "photos": small_recipe(
         **{**SMALL_EMBEDDING, "limit": 12_800}, model="simclr_resnet_small_photos", data="training-photos",
-        epochs=9, batch_size=128, workers=1, optimizer=Optimizer(lr=0.05, weight_decay=5e-4),
+        epochs=18, batch_size=128, workers=1, optimizer=Optimizer(lr=0.05, weight_decay=5e-4),
         options=SimCLROptions(temperature=0.1, hidden_dim=256, out_dim=64, copy_views=True),
         source="google-research/simclr, scaled down; Asano et al. 2020 (arXiv 1904.13132) crops; "
                "zoo.retrieval's copy distortions as the second view"),
