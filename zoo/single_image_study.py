@@ -51,29 +51,32 @@ def _protocol_entry(report: dict[str, Any], path: Path, method: str) -> dict[str
     return entry
 
 
-def _rows_found(folder: Path, method: str) -> list[tuple[str, str, dict[str, Any]]]:
-    """(file stem, row label, report) of each training data of ``method`` that has a file."""
+Row = tuple[str, str, dict[str, Any], dict[str, Any]]  # file stem, row label, report, the entry its table shows
+
+
+def _rows_found(folder: Path, method: str) -> list[Row]:
+    """Each training data of ``method`` that has a file, read and checked once."""
     found = []
     for data, label in DATA.items():
         path = folder / f"{method}-{data}.json"
         if path.is_file():
-            found.append((path.stem, label, read_json(path, UsageError, "rerun the `zoo eval` that wrote it")))
+            report = read_json(path, UsageError, "rerun the `zoo eval` that wrote it")
+            found.append((path.stem, label, report, _protocol_entry(report, path, method)))
     return found
 
 
-def method_table(folder: Path, method: str, *, per_seed: bool = False) -> list[str]:
-    """Markdown rows of one method: a header of its layers, one row per training data found, random init.
+def method_table(method: str, found: list[Row], *, per_seed: bool = False) -> list[str]:
+    """Markdown rows of one method from its ``_rows_found``: a header of its layers, one row per
+    training data found, random init.
 
     ``per_seed`` (the cards' form) adds the training steps of each row (its seed 0's, as the run
     recorded them) and each seed's chosen layer (chosen by ``zoo eval``) with its score."""
-    found = [(label, report, _protocol_entry(report, folder / f"{stem}.json", method))
-             for stem, label, report in _rows_found(folder, method)]
     if not found:
         return []
-    layers = list(found[0][2]["per_layer"])
+    layers = list(found[0][3]["per_layer"])
     head = ["seeds", "steps", *layers, "chosen layer, per seed"] if per_seed else ["seeds", *layers]
     lines = [f"| {METHODS[method]}: trained on | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
-    for label, report, r in found:
+    for _, label, report, r in found:
         std = r.get("per_layer_std") or {}
         cells = [str(len(r["seeds"]))] + [_cell(r["per_layer"][n], std.get(n)) for n in layers]
         if per_seed:
@@ -82,7 +85,7 @@ def method_table(folder: Path, method: str, *, per_seed: bool = False) -> list[s
             cells[1:1] = [f"{steps:,}" if steps else "-"]
             cells.append(", ".join(f"{layer} {value:.2f}" for layer, value in zip(chosen, r["per_seed"])))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    base = found[0][2]
+    base = found[0][3]
     if "baseline_per_layer" in base:
         mean = base["baseline_per_layer"]["random-init"]
         std = (base.get("baseline_per_layer_std") or {}).get("random-init", {})
@@ -96,17 +99,15 @@ def method_table(folder: Path, method: str, *, per_seed: bool = False) -> list[s
 
 def table(folder: Path) -> str:
     """The linear-probe tables of every method, as the README's study section shows them."""
-    return "\n\n".join("\n".join(rows) for rows in (method_table(folder, m) for m in METHODS if m not in PROTOCOLS)
-                       if rows)
+    tables = (method_table(m, _rows_found(folder, m)) for m in METHODS if m not in PROTOCOLS)
+    return "\n\n".join("\n".join(rows) for rows in tables if rows)
 
 
-def _other_baselines(folder: Path, method: str) -> str:
-    """The no-network baselines (raw pixels) of ``method``'s first file, as a paragraph ("" for none)."""
-    rows = _rows_found(folder, method)
-    if not rows:
+def _other_baselines(found: list[Row]) -> str:
+    """The no-network baselines (raw pixels) of a method's first file, as a paragraph ("" for none)."""
+    if not found:
         return ""
-    entry = _protocol_entry(rows[0][2], folder / f"{rows[0][0]}.json", method)
-    others = {k: v for k, v in (entry.get("baseline") or {}).items() if k != "random-init"}
+    others = {k: v for k, v in (found[0][3].get("baseline") or {}).items() if k != "random-init"}
     return "".join(f"\n\n{k.replace('-', ' ').capitalize()} (no network, the same benchmark): {v:.2f}."
                    for k, v in others.items())
 
@@ -115,13 +116,15 @@ def card_section(name: str, cards_dir: str | os.PathLike | None = None) -> str |
     """The card section of registry model ``name``: its recipe's rows of the study and their
     first-layer filters, or None where the study did not train this model."""
     folder = study_dir(cards_dir)
-    methods = [m for m in METHODS if any(report.get("model") == name for _, _, report in _rows_found(folder, m))]
-    if not methods:
+    every = {m: _rows_found(folder, m) for m in METHODS}
+    rows = {m: found for m, found in every.items() if any(report.get("model") == name for _, _, report, _ in found)}
+    if not rows:
         return None
+    methods = list(rows)
     protocol = PROTOCOLS.get(methods[0], ("linear",))[0]
-    trained_on = sorted({label for m in methods for _, label, _ in _rows_found(folder, m)}, key=list(DATA.values()).index)
-    tables = "\n\n".join("\n".join(method_table(folder, m, per_seed=True)) + _other_baselines(folder, m)
-                         for m in methods)
+    trained_on = sorted({row[1] for found in rows.values() for row in found}, key=list(DATA.values()).index)
+    tables = "\n\n".join("\n".join(method_table(m, found, per_seed=True)) + _other_baselines(found)
+                         for m, found in rows.items())
     chosen_on = "the training photos" if protocol == "photo-retrieval" else "validation"
     paper = "; the paper's own per-layer numbers (ImageNet, AlexNet) are not quoted" if protocol == "linear" else ""
     text = (f"## The single-image study (arXiv 1904.13132)\n\n"
@@ -133,15 +136,15 @@ def card_section(name: str, cards_dir: str | os.PathLike | None = None) -> str |
             f"{chosen_on} and its score. Each row was written by `zoo eval RUN-seed0 RUN-seed1 RUN-seed2 --protocol "
             f"{protocol} --json-out MODEL_CARDS/{RESULTS_DIRNAME}/{STUDY_DIRNAME}/METHOD-DATA.json`{paper}.\n\n"
             f"{tables}")
-    return text + _filters(name, methods, cards_dir)
+    return text + _filters(name, rows, cards_dir)
 
 
-def _filters(name: str, methods: list[str], cards_dir: str | os.PathLike | None) -> str:
-    """A one-row table of the seed-0 first-layer filters drawn for ``methods``' rows, if any."""
-    folder, pictures_root = study_dir(cards_dir), Path(cards_dir or default_cards_dir()) / "pictures" / STUDY_DIRNAME
-    shown = [(f"{METHODS[m]}, {label}" if len(methods) > 1 else label,
-              f"pictures/{STUDY_DIRNAME}/{stem}/conv1_filters.png") for m in methods
-             for stem, label, _ in _rows_found(folder, m) if (pictures_root / stem / "conv1_filters.png").is_file()]
+def _filters(name: str, rows: dict[str, list[Row]], cards_dir: str | os.PathLike | None) -> str:
+    """A one-row table of the seed-0 first-layer filters drawn for the methods' rows, if any."""
+    pictures_root = Path(cards_dir or default_cards_dir()) / "pictures" / STUDY_DIRNAME
+    shown = [(f"{METHODS[m]}, {label}" if len(rows) > 1 else label,
+              f"pictures/{STUDY_DIRNAME}/{stem}/conv1_filters.png") for m, found in rows.items()
+             for stem, label, _, _ in found if (pictures_root / stem / "conv1_filters.png").is_file()]
     if not shown:
         return ""
     heads = " | ".join(label for label, _ in shown)
