@@ -616,7 +616,7 @@ def report_cmd(model, out, parts, results_file, all_shipped, cards_dir):
     MODEL lacks what it needs for is skipped with one line saying why.
     """
     from training.cli import _command_line
-    from zoo.results import default_cards_dir
+    from zoo.results import PICTURES_DIRNAME, default_cards_dir
 
     if all_shipped == bool(model):
         raise UsageError("give a MODEL (with -o DIR) or --all")
@@ -632,6 +632,6 @@ def report_cmd(model, out, parts, results_file, all_shipped, cards_dir):
     if all_shipped:
         cards = Path(cards_dir or default_cards_dir())
         for name in shipped_models():
-            make_report(open_subject(name, cards, results_file), cards / "pictures" / name, chosen, command)
+            make_report(open_subject(name, cards, results_file), cards / PICTURES_DIRNAME / name, chosen, command)
         return
     make_report(open_subject(model, cards_dir, results_file), out, chosen, command)

@@ -27,8 +27,8 @@ from zoo.errors import UsageError, WeightsError
 from zoo.methods import method_info
 from zoo.registry import InputSpec, ModelEntry, PaperResult, get_model_entry, list_models
 from zoo.results import (  # noqa: F401  (results_path and load_results are part of this module's API)
-    BEATS_RULE, CARDS_DIRNAME, RESULTS_DIRNAME, Result, _is_number, default_cards_dir, load_results, measured_on,
-    normalise, results_path, shipped_seed,
+    BEATS_RULE, CARDS_DIRNAME, PICTURES_DIRNAME, RESULTS_DIRNAME, Result, _is_number, default_cards_dir, load_results,
+    measured_on, normalise, results_path, shipped_seed,
 )
 
 if TYPE_CHECKING:
@@ -54,7 +54,6 @@ HF_DATASETS = {"ImageNet-1k": "ILSVRC/imagenet-1k", "Fashion-MNIST": "zalando-da
 # images (feature extraction), clustering assigns classes without labels (classification).
 HF_TASKS = {"image-retrieval": "image-feature-extraction", "image-clustering": "image-classification"}
 # Pictures `zoo report --all` draws into MODEL_CARDS/pictures/<name>/, in the order a card shows them.
-PICTURES_DIRNAME = "pictures"
 PICTURES = (("conv1_filters.png", "first-layer filters beside those of a random-init network"),
             ("probe_curves.png", "per-layer scores beside random init"),
             ("retrieval_grid.png", "copy-detection queries and their top hits"))

@@ -23,6 +23,7 @@ from zoo.fileset import read_json
 
 CARDS_DIRNAME = "MODEL_CARDS"
 RESULTS_DIRNAME = "results"
+PICTURES_DIRNAME = "pictures"  # CARDS/pictures/<name>/: what `zoo report` draws for the cards
 RANDOM_INIT = "random-init"
 BEATS_RULE = ("a mean beats random init when it exceeds the random-init mean by more than two standard deviations "
               "over the seeds: value - random init > 2 x max(std, random-init std)")

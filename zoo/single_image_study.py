@@ -16,7 +16,7 @@ from typing import Any
 
 from zoo.errors import UsageError
 from zoo.fileset import read_json
-from zoo.results import RESULTS_DIRNAME, default_cards_dir
+from zoo.results import PICTURES_DIRNAME, RESULTS_DIRNAME, default_cards_dir
 
 STUDY_DIRNAME = "single_image_study"
 # File-name prefix -> the method as the tables head it (DeepCluster ran twice: 2 and 4 clusterings).
@@ -141,13 +141,13 @@ def card_section(name: str, cards_dir: str | os.PathLike | None = None) -> str |
 
 def _filters(name: str, rows: dict[str, list[Row]], cards_dir: str | os.PathLike | None) -> str:
     """A one-row table of the seed-0 first-layer filters drawn for the methods' rows, if any."""
-    pictures_root = Path(cards_dir or default_cards_dir()) / "pictures" / STUDY_DIRNAME
+    pictures_root = Path(cards_dir or default_cards_dir()) / PICTURES_DIRNAME / STUDY_DIRNAME
     shown = [(f"{METHODS[m]}, {label}" if len(rows) > 1 else label,
-              f"pictures/{STUDY_DIRNAME}/{stem}/conv1_filters.png") for m, found in rows.items()
+              f"{PICTURES_DIRNAME}/{STUDY_DIRNAME}/{stem}/conv1_filters.png") for m, found in rows.items()
              for stem, label, _, _ in found if (pictures_root / stem / "conv1_filters.png").is_file()]
     if not shown:
         return ""
     heads = " | ".join(label for label, _ in shown)
     cells = " | ".join(f"![{name}, first-layer filters, {label}]({path})" for label, path in shown)
-    return (f"\n\nFirst-layer filters of seed 0 of each row (`zoo report RUN -o MODEL_CARDS/pictures/{STUDY_DIRNAME}/"
+    return (f"\n\nFirst-layer filters of seed 0 of each row (`zoo report RUN -o MODEL_CARDS/{PICTURES_DIRNAME}/{STUDY_DIRNAME}/"
             f"METHOD-DATA --parts filters`):\n\n| {heads} |\n|" + "---|" * len(shown) + f"\n| {cells} |")
